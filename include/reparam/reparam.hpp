@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header: includes every public reparam header.
+#ifndef REPARAM_REPARAM_HPP
+#define REPARAM_REPARAM_HPP
+
+#include <reparam/config.hpp>
+#include <reparam/core/error.hpp>
+#include <reparam/core/index.hpp>
+#include <reparam/core/random.hpp>
+#include <reparam/core/row_range.hpp>
+#include <reparam/core/scalar_traits.hpp>
+#include <reparam/core/tensor_views.hpp>
+#include <reparam/core/views.hpp>
+#include <reparam/core/workspace.hpp>
+#include <reparam/io/safetensors.hpp>
+#include <reparam/kernels/arch.hpp>
+#include <reparam/version.hpp>
+
+#endif  // REPARAM_REPARAM_HPP
