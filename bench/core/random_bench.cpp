@@ -43,5 +43,13 @@ void uniform_fill_mt19937(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(uniform_fill_mt19937)->Name("core/uniform_fill/mt19937")->ArgNames({"count"})->Arg(32000)->Arg(1 << 20);
-BENCHMARK(uniform_fill_philox)->Name("core/uniform_fill/philox")->ArgNames({"count"})->Arg(32000)->Arg(1 << 20);
+BENCHMARK(uniform_fill_mt19937)
+    ->Name("core/uniform_fill/mt19937")
+    ->ArgNames({"count"})
+    ->Arg(32000)
+    ->Arg(1 << 20);
+BENCHMARK(uniform_fill_philox)
+    ->Name("core/uniform_fill/philox")
+    ->ArgNames({"count"})
+    ->Arg(32000)
+    ->Arg(1 << 20);

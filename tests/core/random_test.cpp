@@ -46,10 +46,10 @@ TEST_CASE("philox_engine emits the words of consecutive counter blocks of its st
   philox_engine engine(seed, stream);
   const philox4x32_key key{0x89abcdefu, 0x01234567u};
   for (std::uint64_t block = 0; block < 5; ++block) {
-    const philox4x32_counter expected = philox4x32_10(
-        {static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32), 0x76543210u,
-         0xfedcba98u},
-        key);
+    const philox4x32_counter expected =
+        philox4x32_10({static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32),
+                       0x76543210u, 0xfedcba98u},
+                      key);
     for (std::uint32_t word : expected) {
       REQUIRE(engine() == word);
     }
@@ -136,8 +136,8 @@ TEST_CASE("philox uniforms pass a chi-square test on 64 bins (fixed seed)", "[co
   philox_engine engine2(2024, 1);
   for (int i = 0; i < draws; ++i) parity[engine2() & 1u] += 1.0;
   const double half = draws / 2.0;
-  const double chi2_parity =
-      (parity[0] - half) * (parity[0] - half) / half + (parity[1] - half) * (parity[1] - half) / half;
+  const double chi2_parity = (parity[0] - half) * (parity[0] - half) / half +
+                             (parity[1] - half) * (parity[1] - half) / half;
   CAPTURE(chi2_parity);
   REQUIRE(chi2_parity < 10.83);  // chi-square(1) 0.999 quantile
 }

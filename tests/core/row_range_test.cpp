@@ -11,7 +11,7 @@ using index_t = reparam::index;
 }  // namespace
 using reparam::row_range;
 
-TEST_CASE("split_rows covers [0, total) exactly with tile-aligned, balanced pieces",
+TEST_CASE("split_rows covers 0..total exactly with tile-aligned, balanced pieces",
           "[core][row_range]") {
   for (index_t total : {0, 1, 2, 7, 31, 64, 100, 1023, 4096}) {
     for (index_t parts : {1, 2, 3, 8, 17}) {

@@ -33,7 +33,7 @@ TEST_CASE("matrix_ref binds row blocks of a row-major matrix without copying", "
   CHECK(m.row(5).sum() == 0.f);
 }
 
-TEST_CASE("as_matrix views an OIHW tensor as [O, I*H*W] in place", "[core][views]") {
+TEST_CASE("as_matrix views an OIHW tensor as O x IHW in place", "[core][views]") {
   std::vector<float> data(2 * 3 * 2 * 2);
   std::iota(data.begin(), data.end(), 0.f);
   reparam::const_tensor_map<float, 4> t(data.data(), 2, 3, 2, 2);

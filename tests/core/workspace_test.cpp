@@ -19,8 +19,8 @@ TEST_CASE("workspace hands out aligned, non-overlapping arrays", "[core][workspa
   float* a = ws.take<float>(3);
   std::int8_t* b = ws.take<std::int8_t>(65);
   double* c = ws.take<double>(1);
-  for (const void* p : {static_cast<const void*>(a), static_cast<const void*>(b),
-                        static_cast<const void*>(c)}) {
+  for (const void* p :
+       {static_cast<const void*>(a), static_cast<const void*>(b), static_cast<const void*>(c)}) {
     CHECK(reinterpret_cast<std::uintptr_t>(p) % reparam::workspace_alignment == 0);
   }
   CHECK(reinterpret_cast<std::byte*>(b) - reinterpret_cast<std::byte*>(a) == 64);

@@ -12,20 +12,20 @@
 namespace reparam::test {
 
 struct error_stats {
-  double max_abs = 0.0;      // max |a - b|
-  double max_rel = 0.0;      // max |a - b| / max(|b|, tiny)
-  double mean_abs = 0.0;     // mean |a - b|
-  index first_bad = -1;      // first index outside the tolerance, -1 if none
-  index mismatches = 0;      // count outside the tolerance
+  double max_abs = 0.0;   // max |a - b|
+  double max_rel = 0.0;   // max |a - b| / max(|b|, tiny)
+  double mean_abs = 0.0;  // mean |a - b|
+  index first_bad = -1;   // first index outside the tolerance, -1 if none
+  index mismatches = 0;   // count outside the tolerance
   index count = 0;
 
   bool ok() const { return mismatches == 0; }
 };
 
 inline std::ostream& operator<<(std::ostream& out, const error_stats& s) {
-  return out << "{max_abs " << s.max_abs << ", max_rel " << s.max_rel << ", mean_abs "
-             << s.mean_abs << ", mismatches " << s.mismatches << "/" << s.count
-             << ", first_bad " << s.first_bad << "}";
+  return out << "{max_abs " << s.max_abs << ", max_rel " << s.max_rel << ", mean_abs " << s.mean_abs
+             << ", mismatches " << s.mismatches << "/" << s.count << ", first_bad " << s.first_bad
+             << "}";
 }
 
 /// Compares `count` values of `actual` against `expected` with |a - e| <= abs_tol + rel_tol * |e|.

@@ -46,71 +46,62 @@ REPARAM_HALF_CONSTEXPR float float_from_bits(std::uint32_t bits) noexcept {
 #endif
 }
 
+/// `condition ? if_true : if_false` as bit masks: compilers if-convert and vectorize this where
+/// they keep a nested ?: as a branch (g++ 12).
+constexpr std::uint32_t select_bits(bool condition, std::uint32_t if_true,
+                                    std::uint32_t if_false) noexcept {
+  const std::uint32_t mask = 0u - static_cast<std::uint32_t>(condition);
+  return (if_true & mask) | (if_false & ~mask);
+}
+
 /// binary16 bits -> binary32 bits. Exact for every finite value and infinity; a NaN keeps its sign
 /// and payload and gets the quiet bit (as F16C's vcvtph2ps and IEEE 754 conversion do).
-constexpr std::uint32_t f16_bits_to_f32_bits(std::uint16_t half) noexcept {
+/// Branch-free (selects only), so bulk loops vectorize.
+REPARAM_HALF_CONSTEXPR std::uint32_t f16_bits_to_f32_bits(std::uint16_t half) noexcept {
   const std::uint32_t sign = static_cast<std::uint32_t>(half & 0x8000u) << 16;
-  const std::uint32_t exponent = (half >> 10) & 0x1fu;
-  std::uint32_t mantissa = half & 0x3ffu;
-  if (exponent == 0x1fu) {  // Inf or NaN
-    return mantissa == 0 ? (sign | 0x7f800000u) : (sign | 0x7fc00000u | (mantissa << 13));
-  }
-  if (exponent != 0) {  // normal: rebias 15 -> 127
-    return sign | ((exponent + 112u) << 23) | (mantissa << 13);
-  }
-  if (mantissa == 0) {
-    return sign;  // +-0
-  }
-  // Subnormal: value = mantissa * 2^-24. Shift the leading one up to the implicit bit position.
-  std::uint32_t float_exponent = 113;  // exponent of 2^-14 (127 - 14), lowered once per shift
-  while ((mantissa & 0x400u) == 0) {
-    mantissa <<= 1;
-    --float_exponent;
-  }
-  return sign | (float_exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  const std::uint32_t exponent = half & 0x7c00u;
+  const std::uint32_t mantissa = half & 0x3ffu;
+  // Normal: rebias the exponent (15 -> 127) and widen the mantissa.
+  const std::uint32_t normal = (static_cast<std::uint32_t>(half & 0x7fffu) << 13) + (112u << 23);
+  // Subnormal (and zero): mantissa * 2^-24. Both conversions and the product are exact and the
+  // result is a normal float, so neither the rounding mode nor flush-to-zero can change it.
+  const std::uint32_t subnormal = float_bits(static_cast<float>(mantissa) * 0x1p-24f);
+  // Inf stays Inf; NaN keeps its payload and is quieted.
+  const std::uint32_t special =
+      0x7f800000u | (mantissa << 13) | select_bits(mantissa != 0, 0x400000u, 0);
+  return sign |
+         select_bits(exponent == 0x7c00u, special, select_bits(exponent == 0, subnormal, normal));
 }
 
 /// binary32 bits -> binary16 bits, round to nearest, ties to even. Values at or above 65520
 /// (halfway between 65504 and 2^16) become infinity; values below 2^-14 round to subnormals or
 /// zero; a NaN keeps its sign and the top 9 payload bits and gets the quiet bit, so it stays NaN.
+/// Integer only (no dependence on the FPU rounding mode) and branch-free, so bulk loops vectorize.
 constexpr std::uint16_t f32_bits_to_f16_bits(std::uint32_t bits) noexcept {
-  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t sign = (bits >> 16) & 0x8000u;
   const std::uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude >= 0x7f800000u) {  // Inf or NaN
-    if (magnitude == 0x7f800000u) {
-      return static_cast<std::uint16_t>(sign | 0x7c00u);
-    }
-    return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
-  }
-  if (magnitude >= 0x477ff000u) {  // >= 65520: rounds to 2^16, which overflows
-    return static_cast<std::uint16_t>(sign | 0x7c00u);
-  }
-  if (magnitude >= 0x38800000u) {  // >= 2^-14: normal binary16
-    // Rebias the exponent (127 -> 15) and drop 13 mantissa bits, rounding ties to even. A carry
-    // out of the mantissa correctly bumps the exponent.
-    std::uint32_t half = (magnitude >> 13) - (112u << 10);
-    const std::uint32_t rest = magnitude & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u) != 0)) {
-      ++half;
-    }
-    return static_cast<std::uint16_t>(sign | half);
-  }
+  // [2^-14, 65520): drop 13 mantissa bits rounding to nearest even (adding 0xfff plus the lowest
+  // kept bit carries exactly when the dropped part is above half, or half with an odd result),
+  // then rebias the exponent (127 -> 15). A carry out of the mantissa bumps the exponent, which
+  // is the correctly rounded result.
+  const std::uint32_t normal =
+      ((magnitude + 0xfffu + ((magnitude >> 13) & 1u)) >> 13) - (112u << 10);
+  // Below 2^-14: the result counts units of 2^-24, significand * 2^(exponent - 150), i.e. the
+  // significand shifted right by 126 - exponent (14 for the largest subnormal; at 31 everything
+  // rounds to zero), rounded the same way.
   const std::uint32_t exponent = magnitude >> 23;
-  if (exponent < 102) {  // < 2^-25 (half the smallest subnormal): rounds to zero
-    return sign;
-  }
-  // Subnormal binary16 (units of 2^-24): value = significand * 2^(exponent - 150), so the result
-  // is significand >> (126 - exponent), rounded ties to even. A result of 0x400 is the smallest
-  // normal number, which is the right encoding.
+  const std::uint32_t shift = exponent > 112u ? 14u : (exponent < 95u ? 31u : 126u - exponent);
   const std::uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
-  const std::uint32_t shift = 126 - exponent;  // 14 .. 24
-  std::uint32_t half = significand >> shift;
+  const std::uint32_t truncated = significand >> shift;
   const std::uint32_t rest = significand & ((1u << shift) - 1u);
-  const std::uint32_t halfway = 1u << (shift - 1u);
-  if (rest > halfway || (rest == halfway && (half & 1u) != 0)) {
-    ++half;
-  }
-  return static_cast<std::uint16_t>(sign | half);
+  const std::uint32_t subnormal =
+      truncated + ((rest + (1u << (shift - 1u)) - 1u + (truncated & 1u)) >> shift);
+  const std::uint32_t nan = 0x7e00u | ((magnitude >> 13) & 0x3ffu);
+  const std::uint32_t finite = select_bits(magnitude >= 0x38800000u, normal, subnormal);
+  // At or above 65520 the value rounds to 2^16, which overflows to infinity.
+  const std::uint32_t result = select_bits(magnitude > 0x7f800000u, nan,
+                                           select_bits(magnitude >= 0x477ff000u, 0x7c00u, finite));
+  return static_cast<std::uint16_t>(sign | result);
 }
 
 /// binary32 bits -> bfloat16 bits, round to nearest, ties to even (overflow gives infinity, as

@@ -61,17 +61,14 @@ class philox_engine {
         stream_(stream) {}
 
   static constexpr result_type min() noexcept { return 0; }
-  static constexpr result_type max() noexcept {
-    return std::numeric_limits<result_type>::max();
-  }
+  static constexpr result_type max() noexcept { return std::numeric_limits<result_type>::max(); }
 
   /// Block `block_index` of this stream, independent of the engine's position.
   constexpr philox4x32_counter block(std::uint64_t block_index) const noexcept {
-    return philox4x32_10({static_cast<std::uint32_t>(block_index),
-                          static_cast<std::uint32_t>(block_index >> 32),
-                          static_cast<std::uint32_t>(stream_),
-                          static_cast<std::uint32_t>(stream_ >> 32)},
-                         key_);
+    return philox4x32_10(
+        {static_cast<std::uint32_t>(block_index), static_cast<std::uint32_t>(block_index >> 32),
+         static_cast<std::uint32_t>(stream_), static_cast<std::uint32_t>(stream_ >> 32)},
+        key_);
   }
 
   /// Next word: words 0..3 of block 0, then of block 1, and so on.

@@ -34,8 +34,7 @@ inline row_range split_rows_part(index total, index parts, index part, index gra
   constexpr const char* function = "reparam::split_rows_part";
   detail::check(total >= 0, function, "total ", total, " is negative");
   detail::check(parts >= 1, function, "parts ", parts, " must be >= 1");
-  detail::check(part >= 0 && part < parts, function, "part ", part, " is outside [0, ", parts,
-                ")");
+  detail::check(part >= 0 && part < parts, function, "part ", part, " is outside [0, ", parts, ")");
   detail::check(granularity >= 1, function, "granularity ", granularity, " must be >= 1");
   const index tiles = (total + granularity - 1) / granularity;
   const index base = tiles / parts;
@@ -65,8 +64,8 @@ namespace detail {
 
 /// Validates `rows` against a matrix with `row_count` rows, for `<verb>_rows` entry points.
 inline void check_row_range(const char* function, row_range rows, index row_count) {
-  check(rows.begin >= 0 && rows.begin <= rows.end && rows.end <= row_count, function,
-        "row range [", rows.begin, ", ", rows.end, ") is not inside [0, ", row_count, ")");
+  check(rows.begin >= 0 && rows.begin <= rows.end && rows.end <= row_count, function, "row range [",
+        rows.begin, ", ", rows.end, ") is not inside [0, ", row_count, ")");
 }
 
 }  // namespace detail

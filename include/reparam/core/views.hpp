@@ -69,9 +69,9 @@ constexpr void static_check_input() {
                     Derived::ColsAtCompileTime == 1,
                 "reparam: weights must be RowMajor [out, in]; use reparam::matrix or "
                 "reparam::row_major_map");
-  static_assert(Derived::InnerStrideAtCompileTime == 1 ||
-                    Derived::InnerStrideAtCompileTime == Eigen::Dynamic,
-                "reparam: the inner stride must be 1 (contiguous rows)");
+  static_assert(
+      Derived::InnerStrideAtCompileTime == 1 || Derived::InnerStrideAtCompileTime == Eigen::Dynamic,
+      "reparam: the inner stride must be 1 (contiguous rows)");
 }
 
 }  // namespace detail

@@ -65,10 +65,9 @@ class workspace_buffer {
  public:
   workspace_buffer() = default;
   explicit workspace_buffer(std::size_t size_bytes)
-      : data_(size_bytes == 0
-                  ? nullptr
-                  : static_cast<std::byte*>(::operator new[](
-                        round_up(size_bytes), std::align_val_t{workspace_alignment}))),
+      : data_(size_bytes == 0 ? nullptr
+                              : static_cast<std::byte*>(::operator new[](
+                                    round_up(size_bytes), std::align_val_t{workspace_alignment}))),
         size_(size_bytes) {}
 
   std::size_t size() const noexcept { return size_; }
@@ -93,8 +92,9 @@ namespace detail {
 
 /// Entry-point check that a caller's workspace is big enough.
 inline void check_workspace(const char* function, const workspace& ws, std::size_t required) {
-  check(ws.remaining() >= required, function, "workspace has ", ws.remaining(),
-        " bytes left but ", required, " are required; size it with the matching "
+  check(ws.remaining() >= required, function, "workspace has ", ws.remaining(), " bytes left but ",
+        required,
+        " are required; size it with the matching "
         "*_workspace_size()");
 }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// ISA selection. Kernels take `class Arch` as a template parameter; only public entry points default
-// it to reparam::default_arch, which the caller's compile flags fix (-mavx2, -march=native, ...).
+// ISA selection. Kernels take `class Arch` as a template parameter; only public entry points
+// default it to reparam::default_arch, which the caller's compile flags fix (-mavx2, -march=native,
+// ...).
 #ifndef REPARAM_KERNELS_ARCH_HPP
 #define REPARAM_KERNELS_ARCH_HPP
 
