@@ -69,17 +69,21 @@ class binary_coded_matrix {
   /// apot_terms outside [0, 8]. Allocates.
   explicit binary_coded_matrix(const bcq_shape& shape) : shape_(shape) {
     constexpr const char* function = "shiftadd::binary_coded_matrix";
-    detail::check(shape.rows >= 1 && shape.cols >= 1, function, "shape ", shape.rows, "x",
-                  shape.cols, " must have rows and cols >= 1");
-    detail::check(shape.bits >= 1 && shape.bits <= max_bits, function, "bits ", shape.bits,
-                  " is outside [1, ", max_bits, "]");
+    reparam::detail::check(shape.rows >= 1 && shape.cols >= 1, function, "shape ", shape.rows, "x",
+                           shape.cols, " must have rows and cols >= 1");
+    reparam::detail::check(shape.bits >= 1 && shape.bits <= max_bits, function, "bits ", shape.bits,
+                           " is outside [1, ", max_bits, "]");
     const index grouped = shape.axis == scale_axis::rows ? shape.cols : shape.rows;
-    detail::check(shape.group_size >= 0, function, "group_size ", shape.group_size, " is negative");
-    if (shape_.group_size == 0) shape_.group_size = grouped;
-    detail::check(grouped % shape_.group_size == 0, function, "group_size ", shape_.group_size,
-                  " does not divide ", shape.axis == scale_axis::rows ? "cols " : "rows ", grouped);
-    detail::check(shape.apot_terms >= 0 && shape.apot_terms <= 8, function, "apot_terms ",
-                  shape.apot_terms, " is outside [0, 8]");
+    reparam::detail::check(shape.group_size >= 0, function, "group_size ", shape.group_size,
+                           " is negative");
+    if (shape_.group_size == 0) {
+      shape_.group_size = grouped;
+    }
+    reparam::detail::check(grouped % shape_.group_size == 0, function, "group_size ",
+                           shape_.group_size, " does not divide ",
+                           shape.axis == scale_axis::rows ? "cols " : "rows ", grouped);
+    reparam::detail::check(shape.apot_terms >= 0 && shape.apot_terms <= 8, function, "apot_terms ",
+                           shape.apot_terms, " is outside [0, 8]");
     words_per_row_ = (shape.cols + 31) / 32;
     groups_ = grouped / shape_.group_size;
     planes_.assign(static_cast<std::size_t>(shape.bits * shape.rows * words_per_row_), 0u);
@@ -165,12 +169,15 @@ class binary_coded_matrix {
   /// The q-bit code of (row, col): bit p set iff s_p = +1.
   std::uint8_t code(index row, index col) const noexcept {
     unsigned c = 0;
-    for (int p = 0; p < shape_.bits; ++p) c |= (sign(p, row, col) ? 1u : 0u) << p;
+    for (int p = 0; p < shape_.bits; ++p) {
+      c |= (sign(p, row, col) ? 1u : 0u) << p;
+    }
     return static_cast<std::uint8_t>(c);
   }
   void set_code(index row, index col, std::uint8_t code) noexcept {
-    for (int p = 0; p < shape_.bits; ++p)
+    for (int p = 0; p < shape_.bits; ++p) {
       set_sign(p, row, col, ((static_cast<unsigned>(code) >> p) & 1u) != 0);
+    }
   }
 
   /// W[row, col] in the format's defined summation order.
@@ -179,7 +186,9 @@ class binary_coded_matrix {
     const index group = group_of(row, col);
     const float* alpha = scales_of(major, group);
     float sum = 0.0f;
-    for (int p = 0; p < shape_.bits; ++p) sum += sign(p, row, col) ? alpha[p] : -alpha[p];
+    for (int p = 0; p < shape_.bits; ++p) {
+      sum += sign(p, row, col) ? alpha[p] : -alpha[p];
+    }
     return shape_.has_offsets ? sum + offset_of(major, group) : sum;
   }
 
@@ -213,7 +222,9 @@ class binary_coded_matrix {
 inline matrix<float> reconstruct(const binary_coded_matrix& m) {
   matrix<float> out(m.rows(), m.cols());
   for (index r = 0; r < m.rows(); ++r) {
-    for (index c = 0; c < m.cols(); ++c) out(r, c) = m.value(r, c);
+    for (index c = 0; c < m.cols(); ++c) {
+      out(r, c) = m.value(r, c);
+    }
   }
   return out;
 }
