@@ -7,15 +7,20 @@
 #include <cstdint>
 #include <exception>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include <reparam/core/error.hpp>
+#include <reparam/shiftadd/formats.hpp>
+#include <reparam/shiftadd/gptq.hpp>
+#include <reparam/shiftadd/uniform.hpp>
 
 #include "common/cli.hpp"
 #include "common/results.hpp"
+#include "common/shiftadd_workbench.hpp"
 #include "runner/eval.hpp"
 
 namespace {
@@ -190,14 +195,115 @@ void section_generate(context& ctx) {
   run("sampled", {ctx.opts.temperature, ctx.opts.top_p, ctx.opts.seed});
 }
 
+void section_shiftadd(context& ctx) {
+  print_header("shiftadd", "3-bit binary-coded weights (ShiftAddLLM) vs 3-bit round-to-nearest");
+  namespace sa = reparam::shiftadd;
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  const int n_layers = ctx.model.config().n_layers;
+  // Calibration on the last 32 windows of the paragraph stream, disjoint from the scored ones.
+  const std::vector<int> stream = llama::paragraph_stream(ctx.tok, ctx.valid_head_text);
+  const long scored = ctx.opts.windows < 0 ? 0 : ctx.opts.windows * 512 + 1;
+  const std::vector<reparam::matrix<double>> hessians = examples::calibrate_hessians(
+      ctx.model, examples::tail_windows(stream, 32, 512, scored), 0, n_layers);
+
+  reparam::index linear_weights = 0;
+  std::vector<reparam::matrix<float>> original;
+  for (int layer = 0; layer < n_layers; ++layer) {
+    for (const llama::linear_kind kind : llama::all_linear_kinds) {
+      original.push_back(ctx.model.dense_weight({layer, kind}));
+      linear_weights += original.back().size();
+    }
+  }
+  const auto other_bytes = (ctx.model.parameter_count() - linear_weights) * 4;
+
+  // Every linear layer at 3 bits, groups of 64 inputs per output row (w2, with 172 inputs: whole
+  // rows). Perplexity with the dense reconstruction; the ShiftAdd story is generated on the
+  // packed sign planes (reference multiply, examples::bcq_linear).
+  std::vector<examples::record> stories;
+  const auto run = [&](const char* method, const char* scales, bool is_shiftadd) {
+    std::size_t linear_bytes = 0;
+    std::vector<sa::binary_coded_matrix> packed;
+    for (int layer = 0; layer < n_layers; ++layer) {
+      for (const llama::linear_kind kind : llama::all_linear_kinds) {
+        const llama::linear_id id{layer, kind};
+        const reparam::matrix<float>& weight =
+            original[static_cast<std::size_t>(layer * llama::linear_kind_count) +
+                     static_cast<std::size_t>(kind)];
+        const reparam::index group = weight.cols() % 64 == 0 ? 64 : 0;
+        if (is_shiftadd) {
+          sa::shiftadd_params params;
+          params.bcq.bits = 3;
+          params.group_size = group;
+          packed.push_back(
+              sa::quantize_shiftadd(weight, examples::hessian_of(hessians, id), params));
+          linear_bytes += packed.back().packed_size();
+          ctx.model.mutable_dense_weight(id) = sa::reconstruct(packed.back());
+        } else {
+          const sa::uniform_matrix q = sa::quantize_rtn(weight, sa::uniform_params{3, group});
+          linear_bytes += q.packed_size();
+          ctx.model.mutable_dense_weight(id) = q.dequantize();
+        }
+      }
+    }
+    llama::runner r(ctx.model);
+    const auto p =
+        llama::perplexity_paragraph_stream(r, ctx.tok, ctx.valid_head_text, ctx.opts.windows);
+    std::size_t next = 0;
+    for (int layer = 0; layer < n_layers; ++layer) {
+      for (const llama::linear_kind kind : llama::all_linear_kinds) {
+        ctx.model.mutable_dense_weight({layer, kind}) = original[next];
+        if (is_shiftadd) {
+          ctx.model.set_linear({layer, kind},
+                               std::make_unique<examples::bcq_linear>(std::move(packed[next])));
+        }
+        ++next;
+      }
+    }
+    const std::vector<int> story = llama::generate(r, {llama::bos_token}, 48, {0.0f, 0.0f, 0});
+    for (int layer = 0; layer < n_layers; ++layer) {
+      for (const llama::linear_kind kind : llama::all_linear_kinds) {
+        ctx.model.reset_linear({layer, kind});
+      }
+    }
+    ctx.results.add({{"section", "shiftadd"},
+                     {"method", method},
+                     {"bits", 3},
+                     {"scales", scales},
+                     {"windows", p.windows},
+                     {"ppl", p.ppl},
+                     {"model_bytes", static_cast<long>(linear_bytes) + other_bytes},
+                     {"bits_per_weight", static_cast<double>(linear_bytes) * 8.0 /
+                                             static_cast<double>(linear_weights)}});
+    stories.push_back({{"section", "shiftadd_story"},
+                       {"method", method},
+                       {"tokens", static_cast<long>(story.size()) - 1},
+                       {"text", ctx.tok.decode(story)}});
+  };
+  run("RTN", "fp16 scale + 3-bit zero per 64", false);
+  run("ShiftAdd (BCQ in GPTQ)", "fp32 alpha per 64 and plane", true);
+  ctx.results.print(std::cout, "shiftadd");
+  for (examples::record& story : stories) {
+    std::cout << "\n-- greedy, " << story["method"].get<std::string>() << " (" << story["tokens"]
+              << " tokens)\n"
+              << story["text"].get<std::string>() << '\n';
+    ctx.results.add(std::move(story));
+  }
+  std::cout << "\nfp32: " << ctx.model.parameter_count() * 4
+            << " bytes; calibration: the last 32 windows of the paragraph stream; the ShiftAdd "
+               "story runs on the packed planes ("
+            << std::chrono::duration<double>(clock::now() - start).count()
+            << " s). Full table: reparam_shiftadd_quantize\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   options opts;
   examples::cli cli("reparam_demo",
                     "Runs the reparam reference workbench on the bundled llama2.c stories260K "
-                    "model:\nmodel summary, float32 perplexity on TinyStories, forward speed "
-                    "and generated stories.");
+                    "model:\nmodel summary, float32 perplexity on TinyStories, forward speed, "
+                    "generated stories\nand 3-bit shift-add quantization.");
   cli.add_option("--data", &opts.data_dir, "DIR",
                  "data directory with llama2c_stories260K/ and "
                  "tinystories_text/");
@@ -237,6 +343,7 @@ int main(int argc, char** argv) {
     section_baseline(ctx);
     section_speed(ctx);
     section_generate(ctx);
+    section_shiftadd(ctx);
     if (!opts.json_path.empty()) {
       ctx.results.write_json(opts.json_path);
       std::cout << "\nwrote " << ctx.results.records().size() << " records to " << opts.json_path

@@ -5,15 +5,20 @@
 
 #include <reparam/config.hpp>
 #include <reparam/core/error.hpp>
+#include <reparam/core/half.hpp>
 #include <reparam/core/index.hpp>
 #include <reparam/core/random.hpp>
 #include <reparam/core/row_range.hpp>
 #include <reparam/core/scalar_traits.hpp>
+#include <reparam/core/second_moment.hpp>
 #include <reparam/core/tensor_views.hpp>
 #include <reparam/core/views.hpp>
 #include <reparam/core/workspace.hpp>
 #include <reparam/io/safetensors.hpp>
+#include <reparam/io/shiftadd.hpp>
 #include <reparam/kernels/arch.hpp>
+#include <reparam/kernels/reference/bcq_multiply.hpp>
+#include <reparam/shiftadd/shiftadd.hpp>
 #include <reparam/version.hpp>
 
 #endif  // REPARAM_REPARAM_HPP
