@@ -19,84 +19,8 @@
 #include <reparam/core/random.hpp>
 #include <reparam/shiftadd/bcq.hpp>
 
+#include "support/count_allocations.hpp"
 #include "support/random.hpp"
-
-// --- Allocation counting: a replacement global operator new for this test binary. ---
-namespace {
-std::size_t allocation_count = 0;
-
-void* counted_allocate(std::size_t size) {
-  ++allocation_count;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-
-void* counted_allocate_aligned(std::size_t size, std::align_val_t align) {
-  ++allocation_count;
-  const auto alignment = static_cast<std::size_t>(align);
-  const std::size_t rounded = (size + alignment - 1) / alignment * alignment;
-  if (void* p = std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-}  // namespace
-
-void* operator new(std::size_t size) { return counted_allocate(size); }
-void* operator new[](std::size_t size) { return counted_allocate(size); }
-void* operator new(std::size_t size, std::align_val_t align) {
-  return counted_allocate_aligned(size, align);
-}
-void* operator new[](std::size_t size, std::align_val_t align) {
-  return counted_allocate_aligned(size, align);
-}
-void* operator new(std::size_t size, const std::nothrow_t& /*tag*/) noexcept {
-  ++allocation_count;
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& /*tag*/) noexcept {
-  ++allocation_count;
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new(std::size_t size, std::align_val_t align,
-                   const std::nothrow_t& /*tag*/) noexcept {
-  try {
-    return counted_allocate_aligned(size, align);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t size, std::align_val_t align,
-                     const std::nothrow_t& /*tag*/) noexcept {
-  try {
-    return counted_allocate_aligned(size, align);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t /*align*/, const std::nothrow_t& /*tag*/) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::align_val_t /*align*/,
-                       const std::nothrow_t& /*tag*/) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t /*align*/) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t /*align*/) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t /*size*/, std::align_val_t /*align*/) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t /*size*/, std::align_val_t /*align*/) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -823,12 +747,12 @@ TEST_CASE("quantize_bcq allocates only its result and one scratch buffer",
     shape.group_size = group;
     shape.axis = axis;
     shape.apot_terms = apot;
-    std::size_t before = allocation_count;
+    long before = reparam::test::allocations();
     { const binary_coded_matrix result_only(shape); }
-    const std::size_t result_allocations = allocation_count - before;
-    before = allocation_count;
+    const long result_allocations = reparam::test::allocations() - before;
+    before = reparam::test::allocations();
     { const binary_coded_matrix q = quantize_bcq(w, {3, 20, apot}, group, axis); }
-    return allocation_count - before - result_allocations;
+    return reparam::test::allocations() - before - result_allocations;
   };
   // One group in total versus 512 groups: the same single scratch allocation.
   CHECK(count_for(small, 0) == 1);
@@ -838,12 +762,12 @@ TEST_CASE("quantize_bcq allocates only its result and one scratch buffer",
     std::vector<float> alphas(8);
     std::vector<std::uint8_t> codes(w.size());
     std::vector<apot_term> terms(64);
-    const std::size_t before = allocation_count;
+    const long before = reparam::test::allocations();
     for (int bits = 1; bits <= 8; ++bits) {
       fit_bcq_group(w.data(), 256, 1, {bits, 20, apot}, alphas.data(), codes.data(), terms.data());
       assign_bcq_codes(w.data(), 256, 1, alphas.data(), bits, codes.data());
     }
     round_apot(0.3f, 8, terms.data());
-    CHECK(allocation_count == before);
+    CHECK(reparam::test::allocations() == before);
   }
 }

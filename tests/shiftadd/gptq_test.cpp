@@ -29,38 +29,8 @@
 #include <reparam/shiftadd/uniform.hpp>
 
 #include "support/compare.hpp"
+#include "support/count_allocations.hpp"
 #include "support/random.hpp"
-
-// Counts operator new calls (std containers; Eigen allocates with malloc and is caught by
-// EIGEN_RUNTIME_NO_MALLOC instead). GCC 12 takes the free() in a replaced operator delete for a
-// mismatch with the builtin operator new it inlined; the pair below is consistent.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<long> new_calls{0};
-}  // namespace
-
-void* operator new(std::size_t size, const std::nothrow_t& /*tag*/) noexcept {
-  ++new_calls;
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new(std::size_t size) {
-  if (void* p = operator new(size, std::nothrow)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
 
 namespace {
 
@@ -847,11 +817,11 @@ struct allocation_probe {
   void start() const {
     if (!is_started) {
       is_started = true;
-      news_at_start = new_calls.load();
+      news_at_start = reparam::test::allocations();
       Eigen::internal::set_is_malloc_allowed(false);
     }
   }
-  long news() const { return new_calls.load() - news_at_start; }
+  long news() const { return reparam::test::allocations() - news_at_start; }
   void prepare(const matrix<double>& wt) { inner.prepare(wt); }
   bool starts_group(reparam::index position, reparam::index column) const noexcept {
     start();

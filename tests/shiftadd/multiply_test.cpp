@@ -25,36 +25,8 @@
 #include <reparam/shiftadd/multiply.hpp>
 
 #include "support/compare.hpp"
+#include "support/count_allocations.hpp"
 #include "support/random.hpp"
-
-// --- allocation counter (this TU only replaces the global operator new) -------------------------
-
-namespace {
-std::atomic<long> allocation_count{0};
-}  // namespace
-
-// Every replaceable non-aligned form, so that allocation and deallocation always pair up.
-void* operator new(std::size_t size) {
-  allocation_count.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) {
-    return p;
-  }
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t& /*tag*/) noexcept {
-  allocation_count.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size == 0 ? 1 : size);
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
-  return operator new(size, tag);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t /*size*/) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
 
 namespace {
 
@@ -449,12 +421,12 @@ TEST_CASE("multiply and multiply_rows do not allocate", "[shiftadd][multiply]") 
   const binary_coded_matrix wc = random_bcq({16, 64, 3, 8, scale_axis::columns, 0, true}, seed);
   const matrix<float> x = reparam::test::random_matrix(4, 64, seed + 1);
   matrix<float> y(4, 16);
-  const long before = allocation_count.load();
+  const long before = reparam::test::allocations();
   reparam::shiftadd::multiply(w, x, y);
   reparam::shiftadd::multiply(wc, x, y);
   reparam::shiftadd::multiply_rows(w, reparam::row_major_map(x.data(), 4, 64),
                                    reparam::row_major_map(y.data(), 4, 16), {3, 9});
-  const long after = allocation_count.load();
+  const long after = reparam::test::allocations();
   CHECK(after == before);
 }
 
