@@ -75,7 +75,7 @@ def main():
             speedup = (base_time / b["real_time"]) if base_time else float("nan")
             rate = b.get("bytes_per_second")
             table.append([f"{family}/{op}", args, impl, f"{b['real_time']:.4g} {b['time_unit']}",
-                          f"{speedup:.2f}x" + (" (base)" if impl == base_name else ""),
+                          f"{speedup:.3g}x" + (" (base)" if impl == base_name else ""),
                           human_rate(rate) if rate else "-"])
 
     header = ["op", "args", "impl", "time", "vs baseline", "bytes/s"]

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include <Eigen/Core>
 #include <benchmark/benchmark.h>
 
 #include <reparam/core/random.hpp>
@@ -100,6 +101,37 @@ void quantize_matrix(benchmark::State& state, sa::scale_axis axis) {
   set_counters(state, rows * cols);
 }
 
+// Baselines with the same arguments (tools/bench_ratio.py pairs them by name): one pass of Eigen
+// over the same weights, so a fitter's time reads as "how many passes over the data it costs".
+// Groups: the per-group squared norm; matrices: the dense product y = W x of STYLE.md section 9.
+void dense_group(benchmark::State& state) {
+  const index group = state.range(1);
+  const std::vector<float> values = gaussian(weights_per_iteration, 1);
+  for (auto _ : state) {
+    float total = 0.0f;
+    for (index g = 0; g < weights_per_iteration / group; ++g) {
+      total += Eigen::Map<const Eigen::VectorXf>(values.data() + g * group, group).squaredNorm();
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  set_counters(state, weights_per_iteration);
+}
+
+void dense_matrix(benchmark::State& state) {
+  const index rows = state.range(0);
+  const index cols = state.range(1);
+  const std::vector<float> values = gaussian(rows * cols, 3);
+  const auto weights = reparam::row_major_map(values.data(), rows, cols);
+  const Eigen::VectorXf x = Eigen::VectorXf::Ones(cols);
+  Eigen::VectorXf y(rows);
+  for (auto _ : state) {
+    y.noalias() = weights * x;
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, rows * cols);
+}
+
 void quantize_rows(benchmark::State& state) { quantize_matrix(state, sa::scale_axis::rows); }
 void quantize_columns(benchmark::State& state) { quantize_matrix(state, sa::scale_axis::columns); }
 
@@ -123,6 +155,9 @@ void matrix_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
+BENCHMARK(dense_group)->Name("shiftadd/fit_bcq_group/dense")->Apply(group_args);
+BENCHMARK(dense_group)->Name("shiftadd/assign_bcq_codes/dense")->Apply(group_args);
+BENCHMARK(dense_matrix)->Name("shiftadd/quantize_bcq/dense")->Apply(matrix_args);
 BENCHMARK(fit_group_float)->Name("shiftadd/fit_bcq_group/float")->Apply(group_args);
 BENCHMARK(fit_group_apot3)->Name("shiftadd/fit_bcq_group/apot3")->Apply(group_args);
 BENCHMARK(assign_codes)->Name("shiftadd/assign_bcq_codes/reference")->Apply(group_args);
