@@ -27,6 +27,7 @@
 #include "support/compare.hpp"
 #include "support/count_allocations.hpp"
 #include "support/random.hpp"
+#include "support/random_bcq.hpp"
 
 namespace {
 
@@ -38,26 +39,7 @@ using reparam::shiftadd::scale_axis;
 // Unit roundoff of float, 2^-24.
 constexpr double float_unit_roundoff = 0x1p-24;
 
-/// A matrix with uniformly random codes, scales in (0, 1) and offsets in (-0.5, 0.5): every sign
-/// pattern and scale is as likely as any other, which makes it a better oracle for the multiply
-/// than fitted weights (whose codes follow the data).
-binary_coded_matrix random_bcq(const bcq_shape& shape, std::uint64_t seed) {
-  binary_coded_matrix m(shape);
-  reparam::philox_engine engine(seed, 1);
-  const unsigned code_mask = (1u << shape.bits) - 1u;
-  for (reparam::index r = 0; r < m.rows(); ++r) {
-    for (reparam::index c = 0; c < m.cols(); ++c) {
-      m.set_code(r, c, static_cast<std::uint8_t>(engine() & code_mask));
-    }
-  }
-  for (float& s : m.scales()) {
-    s = static_cast<float>(reparam::uniform_open01_double(engine(), engine()));
-  }
-  for (float& o : m.offsets()) {
-    o = static_cast<float>(reparam::uniform_open01_double(engine(), engine()) - 0.5);
-  }
-  return m;
-}
+using reparam::test::random_bcq;
 
 /// Y = X W^T in double from the float weights reconstruct() gives.
 matrix<double> dense_reference(const binary_coded_matrix& w, const matrix<float>& x) {
@@ -122,17 +104,29 @@ matrix<float> spec_multiply(const binary_coded_matrix& w, const matrix<float>& x
       float acc = 0.0f;
       if (w.axis() == scale_axis::rows) {
         for (reparam::index g = 0; g < w.groups(); ++g) {
+          // Columns four at a time ("k-groups"): each k-group's signed sum is formed from its
+          // first column on, then added to the running partial sum.
+          const reparam::index first = g * w.group_size();
+          const reparam::index last = first + w.group_size();
           for (int p = 0; p < w.bits(); ++p) {
             float partial = 0.0f;
-            for (reparam::index c = g * w.group_size(); c < (g + 1) * w.group_size(); ++c) {
-              partial += w.sign(p, r, c) ? x(b, c) : -x(b, c);
+            for (reparam::index k = first; k < last; k += 4) {
+              float term = w.sign(p, r, k) ? x(b, k) : -x(b, k);
+              for (reparam::index c = k + 1; c < std::min(k + 4, last); ++c) {
+                term += w.sign(p, r, c) ? x(b, c) : -x(b, c);
+              }
+              partial += term;
             }
             acc = std::fma(w.scales_of(r, g)[p], partial, acc);
           }
           if (w.has_offsets()) {
             float sum = 0.0f;
-            for (reparam::index c = g * w.group_size(); c < (g + 1) * w.group_size(); ++c) {
-              sum += x(b, c);
+            for (reparam::index k = first; k < last; k += 4) {
+              float term = x(b, k);
+              for (reparam::index c = k + 1; c < std::min(k + 4, last); ++c) {
+                term += x(b, c);
+              }
+              sum += term;
             }
             acc = std::fma(w.offset_of(r, g), sum, acc);
           }

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: Apache-2.0
+// Binary-coded weights repacked for the lookup-table kernels: sign bits regrouped into 4-bit
+// table indices, tiles of 64 rows, the planes of each quad interleaved and the scales of each
+// (tile, group) stored right after its signs, so a kernel reads one sequential stream
+// (T-MAC, Wei et al. 2024, sec. 3.2 / 4.4). The byte layout is documented in
+// kernels/bcq_lut_layout.hpp. Packing is done once at load time; unpack() gives back the
+// canonical binary_coded_matrix exactly.
+#ifndef REPARAM_SHIFTADD_PACKED_HPP
+#define REPARAM_SHIFTADD_PACKED_HPP
+
+#include <cstdint>
+#include <cstring>
+
+#include <reparam/core/error.hpp>
+#include <reparam/core/index.hpp>
+#include <reparam/core/workspace.hpp>
+#include <reparam/kernels/bcq_lut_layout.hpp>
+#include <reparam/shiftadd/formats.hpp>
+
+namespace reparam::shiftadd {
+
+/// A binary-coded matrix in the LUT kernels' tile layout. Row-wise scales only (the geometry
+/// whose scales are applied once per (row, group, plane)); APoT term lists are not kept (the
+/// float scales, which equal their sums, are). Move-only in spirit: copying copies the stream.
+class packed_binary_coded_matrix {
+ public:
+  packed_binary_coded_matrix() = default;
+
+  /// Repacks `w`. Throws reparam::error if w is empty or inconsistent, has column-wise scales
+  /// (scale_axis::columns: use shiftadd::multiply on the canonical matrix, or refit row-wise), or
+  /// a group larger than kernels::lut_max_group_size. Allocates rows/64 * groups * record_bytes.
+  explicit packed_binary_coded_matrix(const binary_coded_matrix& w) { pack_from(w); }
+
+  packed_binary_coded_matrix(const packed_binary_coded_matrix& other) { *this = other; }
+  packed_binary_coded_matrix& operator=(const packed_binary_coded_matrix& other) {
+    if (this != &other) {
+      op_ = other.op_;
+      storage_ = workspace_buffer(other.storage_.size());
+      if (other.storage_.size() > 0) {
+        std::memcpy(storage_.data(), other.bytes(), other.storage_.size());
+      }
+      op_.data = reinterpret_cast<const std::uint8_t*>(storage_.data());
+    }
+    return *this;
+  }
+  packed_binary_coded_matrix(packed_binary_coded_matrix&&) noexcept = default;
+  packed_binary_coded_matrix& operator=(packed_binary_coded_matrix&&) noexcept = default;
+  ~packed_binary_coded_matrix() = default;
+
+  index rows() const noexcept { return op_.rows; }
+  index cols() const noexcept { return op_.cols; }
+  int bits() const noexcept { return op_.bits; }
+  index group_size() const noexcept { return op_.group_size; }
+  index groups() const noexcept { return op_.groups; }
+  bool has_offsets() const noexcept { return op_.has_offsets; }
+  bool empty() const noexcept { return op_.rows == 0; }
+  /// Row ranges that are multiples of this never split a tile (pass it to split_rows).
+  static constexpr index row_granularity() noexcept { return kernels::lut_tile_rows; }
+
+  /// The raw kernel view (valid while *this lives unmoved-from and unchanged).
+  const kernels::bcq_lut_operand& operand() const noexcept { return op_; }
+  /// The packed stream and its size in bytes (64-byte aligned).
+  const std::uint8_t* bytes() const noexcept { return op_.data; }
+  std::size_t size_bytes() const noexcept { return storage_.size(); }
+
+  /// Bytes a GEMV reads: the whole stream (signs, scales, offsets, tile padding included).
+  std::size_t bytes_per_product() const noexcept { return size_bytes(); }
+
+ private:
+  void pack_from(const binary_coded_matrix& w) {
+    constexpr const char* function = "shiftadd::packed_binary_coded_matrix";
+    using reparam::detail::check;
+    check(w.rows() >= 1 && w.cols() >= 1, function, "w is empty (", w.rows(), "x", w.cols(), ")");
+    check(w.axis() == scale_axis::rows, function,
+          "w has column-wise scales (scale_axis::columns); the LUT kernels need row-wise scales "
+          "(use shiftadd::multiply on the canonical matrix)");
+    check(w.group_size() <= kernels::lut_max_group_size, function, "group_size ", w.group_size(),
+          " exceeds the kernels' limit ", kernels::lut_max_group_size);
+    check(w.planes().size() == static_cast<std::size_t>(w.bits() * w.rows() * w.words_per_row()) &&
+              w.scales().size() == static_cast<std::size_t>(w.rows() * w.groups() * w.bits()) &&
+              w.offsets().size() ==
+                  (w.has_offsets() ? static_cast<std::size_t>(w.rows() * w.groups()) : 0u),
+          function, "w's arrays do not match its shape ", w.rows(), "x", w.cols(), ", bits ",
+          w.bits());
+    kernels::bcq_lut_operand op;
+    op.rows = w.rows();
+    op.cols = w.cols();
+    op.group_size = w.group_size();
+    op.groups = w.groups();
+    op.bits = w.bits();
+    op.has_offsets = w.has_offsets();
+    op.quads_per_group = kernels::lut_quads_per_group(op.group_size);
+    op.row_tiles = (op.rows + kernels::lut_tile_rows - 1) / kernels::lut_tile_rows;
+    op.record_bytes = kernels::lut_record_bytes(op.quads_per_group, op.bits, op.has_offsets);
+    storage_ = workspace_buffer(static_cast<std::size_t>(op.row_tiles * op.groups * op.record_bytes));
+    std::uint8_t* data = reinterpret_cast<std::uint8_t*>(storage_.data());
+    std::memset(data, 0, storage_.size());
+    op.data = data;
+    for (index tile = 0; tile < op.row_tiles; ++tile) {
+      for (index g = 0; g < op.groups; ++g) {
+        std::uint8_t* record = data + (tile * op.groups + g) * op.record_bytes;
+        for (index i = 0; i < kernels::lut_tile_rows; ++i) {
+          const index row = tile * kernels::lut_tile_rows + i;
+          if (row >= op.rows) {
+            break;
+          }
+          const index half = i / kernels::lut_half_rows;
+          const index lane = i % 16;
+          const bool is_high = (i % kernels::lut_half_rows) >= 16;
+          for (int p = 0; p < op.bits; ++p) {
+            for (index k = 0; 4 * k < op.group_size; ++k) {
+              unsigned e = 0;
+              for (index u = 0; u < 4 && 4 * k + u < op.group_size; ++u) {
+                e |= (w.sign(p, row, g * op.group_size + 4 * k + u) ? 1u : 0u) << u;
+              }
+              std::uint8_t* block = record + ((k / 4 * op.bits + p) * 2 + half) * 64;
+              block[4 * lane + k % 4] |= static_cast<std::uint8_t>(is_high ? e << 4 : e);
+            }
+            float* scales = reinterpret_cast<float*>(
+                record + op.quads_per_group * op.bits * 2 * kernels::lut_block_bytes);
+            scales[p * kernels::lut_tile_rows + i] = w.scales_of(row, g)[p];
+          }
+          if (op.has_offsets) {
+            float* offsets = reinterpret_cast<float*>(
+                                 record + op.quads_per_group * op.bits * 2 *
+                                              kernels::lut_block_bytes) +
+                             op.bits * kernels::lut_tile_rows;
+            offsets[i] = w.offset_of(row, g);
+          }
+        }
+      }
+    }
+    op_ = op;
+  }
+
+  kernels::bcq_lut_operand op_{};
+  workspace_buffer storage_;
+};
+
+/// The canonical matrix a packed one was made from: planes, scales and offsets equal those of
+/// the original (apot_terms is 0: APoT term lists are not packed). Allocates.
+inline binary_coded_matrix unpack(const packed_binary_coded_matrix& packed) {
+  reparam::detail::check(!packed.empty(), "shiftadd::unpack", "the packed matrix is empty");
+  const kernels::bcq_lut_operand& op = packed.operand();
+  bcq_shape shape;
+  shape.rows = op.rows;
+  shape.cols = op.cols;
+  shape.bits = op.bits;
+  shape.group_size = op.group_size;
+  shape.axis = scale_axis::rows;
+  shape.has_offsets = op.has_offsets;
+  binary_coded_matrix w(shape);
+  for (index row = 0; row < op.rows; ++row) {
+    const index tile = row / kernels::lut_tile_rows;
+    const index i = row % kernels::lut_tile_rows;
+    const index half = i / kernels::lut_half_rows;
+    const index lane = i % 16;
+    const bool is_high = (i % kernels::lut_half_rows) >= 16;
+    for (index g = 0; g < op.groups; ++g) {
+      const std::uint8_t* record = op.record(tile, g);
+      for (int p = 0; p < op.bits; ++p) {
+        for (index k = 0; 4 * k < op.group_size; ++k) {
+          const std::uint8_t byte =
+              kernels::bcq_lut_operand::block(record, k / 4, p, static_cast<int>(half),
+                                              op.bits)[4 * lane + k % 4];
+          const unsigned e = is_high ? byte >> 4 : byte & 15u;
+          for (index u = 0; u < 4 && 4 * k + u < op.group_size; ++u) {
+            w.set_sign(p, row, g * op.group_size + 4 * k + u, ((e >> u) & 1u) != 0);
+          }
+        }
+        w.scales_of(row, g)[p] = op.scales(record, p)[i];
+      }
+      if (op.has_offsets) {
+        w.offsets()[static_cast<std::size_t>(row * op.groups + g)] = op.offsets(record)[i];
+      }
+    }
+  }
+  return w;
+}
+
+}  // namespace reparam::shiftadd
+
+#endif  // REPARAM_SHIFTADD_PACKED_HPP
