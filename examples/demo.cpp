@@ -16,6 +16,7 @@
 #include <reparam/core/error.hpp>
 #include <reparam/shiftadd/formats.hpp>
 #include <reparam/shiftadd/gptq.hpp>
+#include <reparam/shiftadd/multiply.hpp>
 #include <reparam/shiftadd/uniform.hpp>
 
 #include "common/cli.hpp"
@@ -128,37 +129,11 @@ void section_baseline(context& ctx) {
 
 void section_speed(context& ctx) {
   print_header("speed", "forward pass, dense Eigen layers, 1 thread");
-  using clock = std::chrono::steady_clock;
   llama::runner r(ctx.model);
   const std::vector<int> stream = llama::paragraph_stream(ctx.tok, ctx.valid_head_text, 512);
   const std::vector<int> window(stream.begin(), stream.begin() + 512);
-  const auto seconds_since = [](clock::time_point start) {
-    return std::chrono::duration<double>(clock::now() - start).count();
-  };
-
-  // Prefill: one 512-token window per call (all logits, as perplexity needs them).
-  long prefill_tokens = 0;
-  const auto prefill_start = clock::now();
-  do {
-    r.reset();
-    r.prefill(window, /*all_logits=*/true);
-    prefill_tokens += static_cast<long>(window.size());
-  } while (seconds_since(prefill_start) < ctx.opts.min_seconds);
-  const double prefill_seconds = seconds_since(prefill_start);
-
-  // Decode: greedy steps from BOS through a full context, repeated.
-  long decode_tokens = 0;
-  const auto decode_start = clock::now();
-  do {
-    r.reset();
-    int token = llama::bos_token;
-    for (int pos = 0; pos < ctx.model.config().seq_len; ++pos) {
-      token = llama::argmax(r.step(token));
-      ++decode_tokens;
-    }
-  } while (seconds_since(decode_start) < ctx.opts.min_seconds);
-  const double decode_seconds = seconds_since(decode_start);
-
+  const llama::forward_speed speed =
+      llama::measure_forward_speed(r, window, ctx.model.config().seq_len, ctx.opts.min_seconds);
   const auto record = [&](const char* metric, long tokens, double seconds, const char* note) {
     ctx.results.add({{"section", "speed"},
                      {"metric", metric},
@@ -168,8 +143,10 @@ void section_speed(context& ctx) {
                      {"threads", Eigen::nbThreads()},
                      {"note", note}});
   };
-  record("prefill_tokens_per_s", prefill_tokens, prefill_seconds, "512-token windows, all logits");
-  record("decode_tokens_per_s", decode_tokens, decode_seconds, "1 token per step, positions 0-511");
+  record("prefill_tokens_per_s", speed.prefill_tokens, speed.prefill_seconds,
+         "512-token windows, all logits");
+  record("decode_tokens_per_s", speed.decode_tokens, speed.decode_seconds,
+         "1 token per step, positions 0-511");
   ctx.results.print(std::cout, "speed");
 }
 
@@ -193,6 +170,91 @@ void section_generate(context& ctx) {
   };
   run("greedy", {0.0f, 0.0f, 0});
   run("sampled", {ctx.opts.temperature, ctx.opts.top_p, ctx.opts.seed});
+}
+
+/// The fitted ShiftAdd model on the lookup-table kernels: perplexity in both modes (lossless
+/// equals the scalar reference bit for bit; fast uses int8 tables) and forward speed against the
+/// dense fp32 layers and the scalar reference, 1 thread.
+void section_shiftadd_kernels(context& ctx,
+                              const std::vector<reparam::shiftadd::binary_coded_matrix>& weights) {
+  namespace sa = reparam::shiftadd;
+  print_header("shiftadd kernels",
+               "3-bit ShiftAdd model on the LUT kernels vs dense fp32, 1 thread");
+  const int n_layers = ctx.model.config().n_layers;
+  const std::vector<int> stream = llama::paragraph_stream(ctx.tok, ctx.valid_head_text, 512);
+  const std::vector<int> window(stream.begin(), stream.begin() + 512);
+  const auto install = [&](const auto& make) {
+    std::size_t next = 0;
+    for (int layer = 0; layer < n_layers; ++layer) {
+      for (const llama::linear_kind kind : llama::all_linear_kinds) {
+        if (weights.empty()) {
+          ctx.model.reset_linear({layer, kind});
+        } else {
+          ctx.model.set_linear({layer, kind}, make(weights[next]));
+        }
+        ++next;
+      }
+    }
+  };
+  const auto reset = [&] {
+    for (int layer = 0; layer < n_layers; ++layer) {
+      for (const llama::linear_kind kind : llama::all_linear_kinds) {
+        ctx.model.reset_linear({layer, kind});
+      }
+    }
+  };
+  double dense_decode = 0.0;
+  double dense_prefill = 0.0;
+  double lossless_ppl = 0.0;
+  const auto measure = [&](const char* engine, const char* path, bool score) {
+    llama::runner r(ctx.model);
+    double ppl = 0.0;
+    if (score) {
+      ppl =
+          llama::perplexity_paragraph_stream(r, ctx.tok, ctx.valid_head_text, ctx.opts.windows).ppl;
+    }
+    const llama::forward_speed speed =
+        llama::measure_forward_speed(r, window, ctx.model.config().seq_len, ctx.opts.min_seconds);
+    if (dense_decode == 0.0) {
+      dense_decode = speed.decode_tokens_per_s();
+      dense_prefill = speed.prefill_tokens_per_s();
+    }
+    examples::record rec{{"section", "shiftadd_kernels"},
+                         {"engine", engine},
+                         {"kernel_path", path},
+                         {"prefill_tokens_per_s", speed.prefill_tokens_per_s()},
+                         {"decode_tokens_per_s", speed.decode_tokens_per_s()},
+                         {"prefill_vs_dense", speed.prefill_tokens_per_s() / dense_prefill},
+                         {"decode_vs_dense", speed.decode_tokens_per_s() / dense_decode}};
+    if (score) {
+      rec["ppl"] = ppl;
+      if (lossless_ppl == 0.0) {
+        lossless_ppl = ppl;
+      }
+      rec["ppl_vs_lossless_percent"] = (ppl / lossless_ppl - 1.0) * 100.0;
+    }
+    ctx.results.add(std::move(rec));
+  };
+  const std::string best = reparam::kernels::lut_path_name(sa::best_path());
+  reset();
+  measure("dense fp32 (Eigen)", "eigen", false);
+  install(
+      [](const sa::binary_coded_matrix& w) { return std::make_unique<examples::bcq_linear>(w); });
+  measure("ShiftAdd, scalar reference", "reference", false);
+  install([](const sa::binary_coded_matrix& w) {
+    return std::make_unique<examples::lut_linear>(w, sa::lut_mode::lossless);
+  });
+  measure("ShiftAdd, LUT lossless", best.c_str(), true);
+  install([](const sa::binary_coded_matrix& w) {
+    return std::make_unique<examples::lut_linear>(w, sa::lut_mode::fast);
+  });
+  measure("ShiftAdd, LUT fast (int8 tables)", best.c_str(), true);
+  reset();
+  ctx.results.print(std::cout, "shiftadd_kernels");
+  std::cout
+      << "\nlossless equals the scalar reference bit for bit (same perplexity); the model is "
+         "tiny (dim 64), so per-call overheads dominate its speed: bench_shiftadd_lut has the "
+         "kernel ratios at 4096x14336\n";
 }
 
 void section_shiftadd(context& ctx) {
@@ -221,6 +283,7 @@ void section_shiftadd(context& ctx) {
   // rows). Perplexity with the dense reconstruction; the ShiftAdd story is generated on the
   // packed sign planes (reference multiply, examples::bcq_linear).
   std::vector<examples::record> stories;
+  std::vector<sa::binary_coded_matrix> shiftadd_weights;
   const auto run = [&](const char* method, const char* scales, bool is_shiftadd) {
     std::size_t linear_bytes = 0;
     std::vector<sa::binary_coded_matrix> packed;
@@ -254,6 +317,7 @@ void section_shiftadd(context& ctx) {
       for (const llama::linear_kind kind : llama::all_linear_kinds) {
         ctx.model.mutable_dense_weight({layer, kind}) = original[next];
         if (is_shiftadd) {
+          shiftadd_weights.push_back(packed[next]);
           ctx.model.set_linear({layer, kind},
                                std::make_unique<examples::bcq_linear>(std::move(packed[next])));
         }
@@ -294,11 +358,12 @@ void section_shiftadd(context& ctx) {
                "story runs on the packed planes ("
             << std::chrono::duration<double>(clock::now() - start).count()
             << " s). Full table: reparam_shiftadd_quantize\n";
+  section_shiftadd_kernels(ctx, shiftadd_weights);
 }
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  Eigen::setNbThreads(1);  // the results are single-threaded figures
   options opts;
   examples::cli cli("reparam_demo",
                     "Runs the reparam reference workbench on the bundled llama2.c stories260K "

@@ -603,6 +603,7 @@ void print_report(const context& ctx) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  Eigen::setNbThreads(1);  // the results are single-threaded figures
   options opts;
   examples::cli cli(
       "reparam_shiftadd_quantize",

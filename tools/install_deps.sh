@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(cmake make g++ python3 catch2 libeigen3-dev libxsimd-dev libbenchmark-dev
           nlohmann-json3-dev)
 if [ "${1:-}" = "--ci" ]; then
-  packages+=(clang clang-format clang-tidy libclang-rt-14-dev git)
+  packages+=(clang clang-format clang-tidy libclang-rt-14-dev git python3-matplotlib)
 fi
 missing=()
 for p in "${packages[@]}"; do

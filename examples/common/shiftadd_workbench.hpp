@@ -6,6 +6,7 @@
 #ifndef REPARAM_EXAMPLES_COMMON_SHIFTADD_WORKBENCH_HPP
 #define REPARAM_EXAMPLES_COMMON_SHIFTADD_WORKBENCH_HPP
 
+#include <algorithm>
 #include <cstddef>
 #include <utility>
 #include <vector>
@@ -15,6 +16,7 @@
 #include <reparam/core/views.hpp>
 #include <reparam/shiftadd/formats.hpp>
 #include <reparam/shiftadd/multiply.hpp>
+#include <reparam/shiftadd/packed.hpp>
 
 #include "runner/forward.hpp"
 #include "runner/model.hpp"
@@ -38,6 +40,36 @@ class bcq_linear final : public llama::linear_layer {
 
  private:
   reparam::shiftadd::binary_coded_matrix weights_;
+};
+
+/// y = x W^T with W repacked for the lookup-table kernels (shiftadd::packed_binary_coded_matrix)
+/// in `mode`, on the best kernel path of this build and CPU, `threads` threads. The activation
+/// tables live in the layer and are rebuilt per call for up to `max_tokens` tokens at a time
+/// (longer inputs run in chunks), so forward() allocates nothing but is not thread safe: use one
+/// model per thread, as llama::runner requires anyway.
+class lut_linear final : public llama::linear_layer {
+ public:
+  static constexpr reparam::index max_tokens = 64;
+
+  lut_linear(const reparam::shiftadd::binary_coded_matrix& weights,
+             reparam::shiftadd::lut_mode mode, int threads = 1)
+      : weights_(weights), tables_(weights_, max_tokens, mode), threads_(threads) {}
+
+  reparam::index rows() const override { return weights_.rows(); }
+  reparam::index cols() const override { return weights_.cols(); }
+  void forward(const reparam::const_matrix_map<float>& x,
+               reparam::matrix_map<float> y) const override {
+    for (reparam::index first = 0; first < x.rows(); first += max_tokens) {
+      const reparam::index count = std::min(max_tokens, x.rows() - first);
+      reparam::shiftadd::multiply(weights_, x.middleRows(first, count), y.middleRows(first, count),
+                                  tables_, threads_);
+    }
+  }
+
+ private:
+  reparam::shiftadd::packed_binary_coded_matrix weights_;
+  mutable reparam::shiftadd::lut_tables tables_;
+  int threads_ = 1;
 };
 
 /// Linear layers that read the same input share one Hessian: wq, wk, wv (the normed residual),

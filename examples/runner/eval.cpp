@@ -3,6 +3,7 @@
 #include "runner/eval.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <reparam/core/error.hpp>
@@ -224,6 +225,33 @@ std::vector<int> generate(runner& r, const std::vector<int>& prompt, index steps
     next = pick.sample(r.step(next));
   }
   return tokens;
+}
+
+forward_speed measure_forward_speed(runner& r, const std::vector<int>& window, int decode_steps,
+                                    double min_seconds) {
+  using clock = std::chrono::steady_clock;
+  const auto seconds_since = [](clock::time_point start) {
+    return std::chrono::duration<double>(clock::now() - start).count();
+  };
+  forward_speed out;
+  const auto prefill_start = clock::now();
+  do {
+    r.reset();
+    r.prefill(window, /*all_logits=*/true);
+    out.prefill_tokens += static_cast<long>(window.size());
+  } while (seconds_since(prefill_start) < min_seconds);
+  out.prefill_seconds = seconds_since(prefill_start);
+  const auto decode_start = clock::now();
+  do {
+    r.reset();
+    int token = bos_token;
+    for (int pos = 0; pos < decode_steps; ++pos) {
+      token = argmax(r.step(token));
+      ++out.decode_tokens;
+    }
+  } while (seconds_since(decode_start) < min_seconds);
+  out.decode_seconds = seconds_since(decode_start);
+  return out;
 }
 
 }  // namespace llama

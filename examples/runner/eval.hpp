@@ -92,6 +92,22 @@ class sampler {
   std::vector<int> order_;
 };
 
+/// Forward throughput of a runner: prefill of `window` (all logits) repeated, and greedy decode
+/// from BOS for `decode_steps` positions repeated, each for at least `min_seconds`.
+struct forward_speed {
+  long prefill_tokens = 0;
+  double prefill_seconds = 0.0;
+  long decode_tokens = 0;
+  double decode_seconds = 0.0;
+
+  double prefill_tokens_per_s() const {
+    return static_cast<double>(prefill_tokens) / prefill_seconds;
+  }
+  double decode_tokens_per_s() const { return static_cast<double>(decode_tokens) / decode_seconds; }
+};
+forward_speed measure_forward_speed(runner& r, const std::vector<int>& window, int decode_steps,
+                                    double min_seconds);
+
 /// Generates from `prompt` (non-empty, e.g. {BOS}) until the sequence holds steps + 1 tokens or
 /// BOS is produced (not included). Resets the runner, prefills the prompt in one batch, then
 /// decodes token by token. Returns prompt + generated tokens.

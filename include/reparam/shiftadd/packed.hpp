@@ -8,6 +8,7 @@
 #ifndef REPARAM_SHIFTADD_PACKED_HPP
 #define REPARAM_SHIFTADD_PACKED_HPP
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -18,6 +19,20 @@
 #include <reparam/shiftadd/formats.hpp>
 
 namespace reparam::shiftadd {
+
+namespace detail {
+
+/// The `count` (1..4) sign bits of a plane row starting at column `col`, bit u = column col + u.
+inline unsigned sign_bits(const std::uint32_t* words, index col, index count) noexcept {
+  const auto shift = static_cast<unsigned>(col & 31);
+  std::uint64_t window = words[col >> 5];
+  if (shift + static_cast<unsigned>(count) > 32) {
+    window |= static_cast<std::uint64_t>(words[(col >> 5) + 1]) << 32;
+  }
+  return static_cast<unsigned>(window >> shift) & ((1u << count) - 1u);
+}
+
+}  // namespace detail
 
 /// A binary-coded matrix in the LUT kernels' tile layout. Row-wise scales only (the geometry
 /// whose scales are applied once per (row, group, plane)); APoT term lists are not kept (the
@@ -92,7 +107,8 @@ class packed_binary_coded_matrix {
     op.quads_per_group = kernels::lut_quads_per_group(op.group_size);
     op.row_tiles = (op.rows + kernels::lut_tile_rows - 1) / kernels::lut_tile_rows;
     op.record_bytes = kernels::lut_record_bytes(op.quads_per_group, op.bits, op.has_offsets);
-    storage_ = workspace_buffer(static_cast<std::size_t>(op.row_tiles * op.groups * op.record_bytes));
+    storage_ =
+        workspace_buffer(static_cast<std::size_t>(op.row_tiles * op.groups * op.record_bytes));
     std::uint8_t* data = reinterpret_cast<std::uint8_t*>(storage_.data());
     std::memset(data, 0, storage_.size());
     op.data = data;
@@ -108,22 +124,21 @@ class packed_binary_coded_matrix {
           const index lane = i % 16;
           const bool is_high = (i % kernels::lut_half_rows) >= 16;
           for (int p = 0; p < op.bits; ++p) {
+            const std::uint32_t* words = w.plane_row(p, row);
             for (index k = 0; 4 * k < op.group_size; ++k) {
-              unsigned e = 0;
-              for (index u = 0; u < 4 && 4 * k + u < op.group_size; ++u) {
-                e |= (w.sign(p, row, g * op.group_size + 4 * k + u) ? 1u : 0u) << u;
-              }
+              const index col = g * op.group_size + 4 * k;
+              const index count = std::min<index>(4, op.group_size - 4 * k);
+              const unsigned e = detail::sign_bits(words, col, count);
               std::uint8_t* block = record + ((k / 4 * op.bits + p) * 2 + half) * 64;
               block[4 * lane + k % 4] |= static_cast<std::uint8_t>(is_high ? e << 4 : e);
             }
-            float* scales = reinterpret_cast<float*>(
-                record + op.quads_per_group * op.bits * 2 * kernels::lut_block_bytes);
+            float* scales = reinterpret_cast<float*>(record + op.quads_per_group * op.bits * 2 *
+                                                                  kernels::lut_block_bytes);
             scales[p * kernels::lut_tile_rows + i] = w.scales_of(row, g)[p];
           }
           if (op.has_offsets) {
-            float* offsets = reinterpret_cast<float*>(
-                                 record + op.quads_per_group * op.bits * 2 *
-                                              kernels::lut_block_bytes) +
+            float* offsets = reinterpret_cast<float*>(record + op.quads_per_group * op.bits * 2 *
+                                                                   kernels::lut_block_bytes) +
                              op.bits * kernels::lut_tile_rows;
             offsets[i] = w.offset_of(row, g);
           }
@@ -160,9 +175,8 @@ inline binary_coded_matrix unpack(const packed_binary_coded_matrix& packed) {
       const std::uint8_t* record = op.record(tile, g);
       for (int p = 0; p < op.bits; ++p) {
         for (index k = 0; 4 * k < op.group_size; ++k) {
-          const std::uint8_t byte =
-              kernels::bcq_lut_operand::block(record, k / 4, p, static_cast<int>(half),
-                                              op.bits)[4 * lane + k % 4];
+          const std::uint8_t byte = kernels::bcq_lut_operand::block(
+              record, k / 4, p, static_cast<int>(half), op.bits)[4 * lane + k % 4];
           const unsigned e = is_high ? byte >> 4 : byte & 15u;
           for (index u = 0; u < 4 && 4 * k + u < op.group_size; ++u) {
             w.set_sign(p, row, g * op.group_size + 4 * k + u, ((e >> u) & 1u) != 0);
