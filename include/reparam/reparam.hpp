@@ -17,7 +17,13 @@
 #include <reparam/io/safetensors.hpp>
 #include <reparam/io/shiftadd.hpp>
 #include <reparam/kernels/arch.hpp>
+#include <reparam/kernels/bcq_lut_layout.hpp>
+#include <reparam/kernels/bcq_lut_tables.hpp>
 #include <reparam/kernels/reference/bcq_multiply.hpp>
+#include <reparam/kernels/simd/bcq_lut.hpp>
+#include <reparam/kernels/simd/bcq_lut_avx2.hpp>
+#include <reparam/kernels/simd/bcq_lut_avx512.hpp>
+#include <reparam/kernels/simd/bcq_lut_generic.hpp>
 #include <reparam/shiftadd/shiftadd.hpp>
 #include <reparam/version.hpp>
 

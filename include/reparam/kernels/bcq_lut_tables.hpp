@@ -92,6 +92,35 @@ inline void lut_max_abs(const float* entries, index count, float& max_abs,
   is_finite = xsimd::hadd(nonfinite) == 0.0f;
 }
 
+/// codes[i] = quantizer.code(entries[i]) for `count` entries (a multiple of 16), vectorized:
+/// the product and the round-half-even conversion (cvtps2dq under the default rounding mode, as
+/// std::nearbyint) are the same operations as the scalar code's, so the codes agree bit for bit.
+template <class Arch>
+inline void lut_quantize(const float* entries, index count,
+                         const reference::lut_quantizer& quantizer,
+                         std::int8_t* REPARAM_RESTRICT codes) noexcept {
+  if (!quantizer.is_finite) {
+    std::memset(codes, 0, static_cast<std::size_t>(count));
+    return;
+  }
+  using batch = xsimd::batch<float, Arch>;
+  using ibatch = xsimd::batch<std::int32_t, Arch>;
+  constexpr index lanes = static_cast<index>(batch::size);
+  const batch inverse(quantizer.inverse);
+  const ibatch high(127);
+  const ibatch low(-127);
+  alignas(64) std::int32_t wide[lut_entries];
+  for (index i = 0; i < count; i += lut_entries) {
+    for (index j = 0; j < lut_entries; j += lanes) {
+      const ibatch q = xsimd::nearbyint_as_int(batch::load_unaligned(entries + i + j) * inverse);
+      xsimd::min(xsimd::max(q, low), high).store_aligned(wide + j);
+    }
+    for (index j = 0; j < lut_entries; ++j) {
+      codes[i + j] = static_cast<std::int8_t>(wide[j]);
+    }
+  }
+}
+
 }  // namespace detail
 
 /// Tables of `batch` tokens: x is batch rows of `cols` floats, x_row_stride apart; cols is
@@ -133,10 +162,7 @@ void build_lut_tables(Arch, lut_mode mode, const float* REPARAM_RESTRICT x, inde
         const reference::lut_quantizer quantizer =
             reference::lut_quantizer::from_max(max_abs, is_finite);
         group_scale[b * groups + g] = quantizer.scale;
-        std::int8_t* codes = int8_entries + offset;
-        for (index i = 0; i < group_entries; ++i) {
-          codes[i] = quantizer.code(entries[i]);
-        }
+        detail::lut_quantize<Arch>(entries, group_entries, quantizer, int8_entries + offset);
       }
     }
   }

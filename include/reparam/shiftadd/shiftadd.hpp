@@ -11,6 +11,7 @@
 #include <reparam/shiftadd/formats.hpp>
 #include <reparam/shiftadd/gptq.hpp>
 #include <reparam/shiftadd/multiply.hpp>
+#include <reparam/shiftadd/packed.hpp>
 #include <reparam/shiftadd/uniform.hpp>
 
 #endif  // REPARAM_SHIFTADD_SHIFTADD_HPP
