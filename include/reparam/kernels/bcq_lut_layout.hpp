@@ -113,10 +113,10 @@ struct bcq_lut_operand {
 /// its group scales at group_scale + b * groups.
 struct bcq_lut_tables {
   lut_mode mode = lut_mode::lossless;
-  const float* float_entries = nullptr;      // lossless
+  const float* float_entries = nullptr;       // lossless
   const std::int8_t* int8_entries = nullptr;  // fast
-  const float* group_scale = nullptr;        // fast: sigma_g (NaN when the group is not finite)
-  const float* group_sum = nullptr;          // both: sum of the group's activations
+  const float* group_scale = nullptr;         // fast: sigma_g (NaN when the group is not finite)
+  const float* group_sum = nullptr;           // both: sum of the group's activations
   index batch = 0;
   index groups = 0;
   index token_entries = 0;  // groups * quads_per_group * 64

@@ -218,12 +218,11 @@ class lut_tables {
     reparam::detail::check(x_in.innerStride() == 1 || x_in.cols() <= 1,
                            "shiftadd::lut_tables::build", "x must have unit inner stride, got ",
                            x_in.innerStride());
-    const const_matrix_map<float> x(x_in.derived().data(), x_in.rows(), x_in.cols(),
-                                    Eigen::OuterStride<>(x_in.rows() <= 1 ? x_in.cols()
-                                                                          : x_in.outerStride()));
+    const const_matrix_map<float> x(
+        x_in.derived().data(), x_in.rows(), x_in.cols(),
+        Eigen::OuterStride<>(x_in.rows() <= 1 ? x_in.cols() : x_in.outerStride()));
     constexpr const char* function = "shiftadd::lut_tables::build";
-    reparam::detail::check(capacity_ > 0, function,
-                           "the tables are default-constructed");
+    reparam::detail::check(capacity_ > 0, function, "the tables are default-constructed");
     reparam::detail::check(x.cols() == cols_, function, "x has ", x.cols(),
                            " columns but the tables are for cols ", cols_);
     reparam::detail::check(x.rows() <= capacity_, function, "x has ", x.rows(),

@@ -230,9 +230,9 @@ inline void bcq_multiply_rows(const bcq_operand& w, const float* REPARAM_RESTRIC
 ///   Y[b, r] = acc
 ///
 /// The only approximation against bcq_multiply_rows is the rounding of each table entry to a
-/// multiple of sigma_g (|error| <= sigma_g / 2 per lookup). A NaN or Inf activation in a group makes
-/// all of that token's outputs NaN (never +-Inf). Cost: as bcq_multiply_rows plus 16 entries per
-/// k-group for each (b, r, g) (it recomputes the tables; it is an oracle, not a fast path).
+/// multiple of sigma_g (|error| <= sigma_g / 2 per lookup). A NaN or Inf activation in a group
+/// makes all of that token's outputs NaN (never +-Inf). Cost: as bcq_multiply_rows plus 16 entries
+/// per k-group for each (b, r, g) (it recomputes the tables; it is an oracle, not a fast path).
 inline void bcq_multiply_rows_fast(const bcq_operand& w, const float* REPARAM_RESTRICT x,
                                    index batch, index x_row_stride, float* REPARAM_RESTRICT y,
                                    index y_row_stride, index row_begin, index row_end) noexcept {

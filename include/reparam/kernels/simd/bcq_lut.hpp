@@ -31,8 +31,8 @@ namespace reparam::kernels {
 ///                      avx512bw
 enum class lut_path : std::uint8_t { generic = 0, avx2 = 1, avx512bw = 2, avx512vbmi_vnni = 3 };
 
-inline constexpr lut_path all_lut_paths[] = {lut_path::generic, lut_path::avx2,
-                                             lut_path::avx512bw, lut_path::avx512vbmi_vnni};
+inline constexpr lut_path all_lut_paths[] = {lut_path::generic, lut_path::avx2, lut_path::avx512bw,
+                                             lut_path::avx512vbmi_vnni};
 
 constexpr const char* lut_path_name(lut_path path) noexcept {
   switch (path) {
@@ -55,7 +55,10 @@ constexpr bool is_lut_path_compiled(lut_path path) noexcept {
     case lut_path::generic:
       return true;
     case lut_path::avx2:
-      return REPARAM_HAS_LUT_AVX2 != 0 && std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch>;
+      // xsimd's AVX-512 tags do not derive from the AVX2 ones, but every AVX-512 CPU and build
+      // has AVX2 and FMA.
+      return REPARAM_HAS_LUT_AVX2 != 0 && (std::is_base_of_v<xsimd::fma3<xsimd::avx2>, Arch> ||
+                                           std::is_base_of_v<xsimd::avx512f, Arch>);
     case lut_path::avx512bw:
       return REPARAM_HAS_LUT_AVX512BW != 0 && std::is_base_of_v<xsimd::avx512bw, Arch>;
     case lut_path::avx512vbmi_vnni:
