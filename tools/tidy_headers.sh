@@ -18,4 +18,19 @@ done < <(find "$root/include/reparam" -name '*.hpp' | sort)
 printf '%s\n' "${sources[@]}" |
   xargs -P 2 -I{} clang-tidy --quiet {} -- -std=c++17 -I "$root/include" -isystem /usr/include/eigen3 \
     2> >(grep -v 'warnings generated' >&2)
-echo "clang-tidy: ${#sources[@]} headers clean"
+# The ISA-specific kernels compile to nothing without their -m flags: check them again as built
+# for an AVX2-only CPU and for an AVX-512 VBMI+VNNI one.
+simd=()
+while IFS= read -r header; do
+  rel=${header#"$root/include/"}
+  simd+=("$rel")
+done < <(find "$root/include/reparam/kernels/simd" -name '*.hpp' | sort)
+for march in haswell icelake-server; do
+  for rel in "${simd[@]}"; do
+    tu="$work/$march-$(tr '/.' '__' <<<"$rel").cpp"
+    printf '#include <%s>\n' "$rel" >"$tu"
+    echo "$tu"
+  done
+done | xargs -P 2 -I{} sh -c 'march=$(basename "$1" | cut -d- -f1); [ "$march" = icelake ] && march=icelake-server; clang-tidy --quiet "$1" -- -std=c++17 -march="$march" -I "$2/include" -isystem /usr/include/eigen3' _ {} "$root" \
+  2> >(grep -v 'warnings generated' >&2)
+echo "clang-tidy: ${#sources[@]} headers clean (+ ${#simd[@]} kernel headers for haswell and icelake-server)"

@@ -51,7 +51,7 @@ template <class Arch>
 inline void lut_kgroup_entries(const float* x, int count, float* REPARAM_RESTRICT out) noexcept {
   using batch = xsimd::batch<float, Arch>;
   using ubatch = xsimd::batch<std::uint32_t, Arch>;
-  constexpr index lanes = static_cast<index>(batch::size);
+  constexpr auto lanes = static_cast<index>(batch::size);
   static_assert(lut_entries % lanes == 0, "a k-group's 16 entries fill whole batches");
   const float x0 = x[0];
   const float x1 = count > 1 ? x[1] : 0.0f;
@@ -75,7 +75,7 @@ template <class Arch>
 inline void lut_max_abs(const float* entries, index count, float& max_abs,
                         bool& is_finite) noexcept {
   using batch = xsimd::batch<float, Arch>;
-  constexpr index lanes = static_cast<index>(batch::size);
+  constexpr auto lanes = static_cast<index>(batch::size);
   batch m(0.0f);
   batch nonfinite(0.0f);  // accumulates (t - t): 0 for finite t, NaN otherwise
   for (index i = 0; i < count; i += lanes) {
@@ -105,7 +105,7 @@ inline void lut_quantize(const float* entries, index count,
   }
   using batch = xsimd::batch<float, Arch>;
   using ibatch = xsimd::batch<std::int32_t, Arch>;
-  constexpr index lanes = static_cast<index>(batch::size);
+  constexpr auto lanes = static_cast<index>(batch::size);
   const batch inverse(quantizer.inverse);
   const ibatch high(127);
   const ibatch low(-127);

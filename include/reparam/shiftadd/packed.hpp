@@ -109,7 +109,7 @@ class packed_binary_coded_matrix {
     op.record_bytes = kernels::lut_record_bytes(op.quads_per_group, op.bits, op.has_offsets);
     storage_ =
         workspace_buffer(static_cast<std::size_t>(op.row_tiles * op.groups * op.record_bytes));
-    std::uint8_t* data = reinterpret_cast<std::uint8_t*>(storage_.data());
+    auto* data = reinterpret_cast<std::uint8_t*>(storage_.data());
     std::memset(data, 0, storage_.size());
     op.data = data;
     for (index tile = 0; tile < op.row_tiles; ++tile) {
@@ -132,8 +132,8 @@ class packed_binary_coded_matrix {
               std::uint8_t* block = record + ((k / 4 * op.bits + p) * 2 + half) * 64;
               block[4 * lane + k % 4] |= static_cast<std::uint8_t>(is_high ? e << 4 : e);
             }
-            float* scales = reinterpret_cast<float*>(record + op.quads_per_group * op.bits * 2 *
-                                                                  kernels::lut_block_bytes);
+            auto* scales = reinterpret_cast<float*>(record + op.quads_per_group * op.bits * 2 *
+                                                                 kernels::lut_block_bytes);
             scales[p * kernels::lut_tile_rows + i] = w.scales_of(row, g)[p];
           }
           if (op.has_offsets) {
