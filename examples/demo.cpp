@@ -249,6 +249,10 @@ void section_shiftadd_kernels(context& ctx,
     return std::make_unique<examples::lut_linear>(w, sa::lut_mode::fast);
   });
   measure("ShiftAdd, LUT fast (int8 tables)", best.c_str(), true);
+  install([](const sa::binary_coded_matrix& w) {
+    return std::make_unique<examples::lut_linear>(w, sa::lut_mode::fast, 1, sa::scale_storage::f16);
+  });
+  measure("ShiftAdd, LUT fast, fp16 scales", best.c_str(), true);
   reset();
   ctx.results.print(std::cout, "shiftadd_kernels");
   std::cout

@@ -105,28 +105,28 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("bench_lut_report: --png needs matplotlib (apt-get install python3-matplotlib)")
-    batches = sorted({r["batch"] for r in rows})
+    shape = "4096x14336" if any(r["shape"] == "4096x14336" for r in rows) else rows[0]["shape"]
+    batches = sorted({r["batch"] for r in rows if r["shape"] == shape})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
+    styles = {"lut_fast": "o", "lut_fast_f16scales": "s", "lut_lossless": "x"}
     for ax, batch in zip(axes[0], batches):
-        for impl in ("lut_fast", "lut_lossless"):
+        for impl, marker in styles.items():
             for threads in (1, 2):
-                for shape in sorted({r["shape"] for r in rows}):
-                    pts = sorted((r["bits"], r["speedup"]) for r in rows
-                                 if r["impl"] == impl and r["batch"] == batch
-                                 and r["threads"] == threads and r["shape"] == shape)
-                    if not pts:
-                        continue
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                            marker="o" if impl == "lut_fast" else "x",
-                            linestyle="-" if threads == 1 else "--",
-                            label=f"{impl[4:]} {shape} {threads}T")
-        ax.set_title(f"batch {batch}")
+                pts = sorted((r["bits"], r["speedup"]) for r in rows
+                             if r["impl"] == impl and r["batch"] == batch
+                             and r["threads"] == threads and r["shape"] == shape)
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker,
+                        linestyle="-" if threads == 1 else "--",
+                        label=f"{impl[4:]}, {threads} thread{'s' if threads > 1 else ''}")
+        ax.set_title(f"{shape}, batch {batch}")
         ax.set_xlabel("bits")
         ax.set_xticks([1, 2, 3, 4])
-        ax.set_ylabel("speedup vs dense fp32 (Eigen)")
+        ax.set_ylabel("speedup vs dense fp32 (Eigen), same run")
         ax.axhline(1.0, color="gray", linewidth=0.5)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=5, ncol=2)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -5,6 +5,7 @@
 //   shiftadd/lut_multiply/dense          Y = X W^T with W float [rows, cols] (Eigen; 2 threads
 //                                        split the rows with OpenMP, as the LUT wrapper does)
 //   shiftadd/lut_multiply/lut_fast       int8 tables (fast mode), best kernel path
+//   shiftadd/lut_multiply/lut_fast_f16scales   the same with binary16 scales in the packed stream
 //   shiftadd/lut_multiply/lut_lossless   float tables (lossless mode), best kernel path
 //   shiftadd/lut_multiply/lut_<mode>_<path>   every usable path, 4096x14336, batch 1, 1 thread
 //   shiftadd/read_bandwidth/memcpy|sum   a 1 GiB read probe (sum of floats) with memcpy as
@@ -68,27 +69,49 @@ sa::binary_coded_matrix random_weights(index rows, index cols, int bits) {
   return w;
 }
 
-/// Shared operands, built once per shape (and bit width) for the whole run.
-const matrix<float>& dense_weights(index rows, index cols) {
-  static std::map<std::pair<index, index>, std::unique_ptr<matrix<float>>> cache;
-  auto& slot = cache[{rows, cols}];
-  if (!slot) {
-    slot = std::make_unique<matrix<float>>(matrix<float>::Constant(rows, cols, 0.01f));
-    for (index r = 0; r < rows; r += 7) {
-      slot->row(r).setConstant(-0.02f);
+/// Bytes of weights each impl cycles through, so that successive products read cold weights from
+/// memory, as the layers of a real model do (one 18 MB packed matrix would otherwise stay in the
+/// last-level cache between iterations and report cache bandwidth).
+constexpr double working_set_bytes = 1.2e9;
+
+/// Copies of one operand totalling at least working_set_bytes. Only the most recently requested
+/// key is kept (the benchmarks are registered so that a key's runs are consecutive).
+template <class Key, class Value, class Make>
+const std::vector<Value>& operand_copies(const Key& key, std::size_t bytes, const Make& make) {
+  static Key current{};
+  static std::vector<Value> copies;
+  if (copies.empty() || !(current == key)) {
+    copies.clear();
+    copies.shrink_to_fit();
+    const auto count = static_cast<std::size_t>(working_set_bytes / static_cast<double>(bytes)) + 1;
+    copies.push_back(make());
+    for (std::size_t i = 1; i < count; ++i) {
+      copies.push_back(copies.front());
     }
+    current = key;
   }
-  return *slot;
+  return copies;
 }
 
-const sa::packed_binary_coded_matrix& packed_weights(index rows, index cols, int bits) {
-  static std::map<std::tuple<index, index, int>, std::unique_ptr<sa::packed_binary_coded_matrix>>
-      cache;
-  auto& slot = cache[{rows, cols, bits}];
-  if (!slot) {
-    slot = std::make_unique<sa::packed_binary_coded_matrix>(random_weights(rows, cols, bits));
-  }
-  return *slot;
+const std::vector<matrix<float>>& dense_weights(index rows, index cols) {
+  return operand_copies<std::pair<index, index>, matrix<float>>(
+      {rows, cols}, static_cast<std::size_t>(rows * cols) * sizeof(float), [&] {
+        matrix<float> w = matrix<float>::Constant(rows, cols, 0.01f);
+        for (index r = 0; r < rows; r += 7) {
+          w.row(r).setConstant(-0.02f);
+        }
+        return w;
+      });
+}
+
+const std::vector<sa::packed_binary_coded_matrix>& packed_weights(index rows, index cols, int bits,
+                                                                  sa::scale_storage storage) {
+  const sa::packed_binary_coded_matrix probe(random_weights(64, cols, bits), storage);
+  const std::size_t bytes = probe.size_bytes() * static_cast<std::size_t>((rows + 63) / 64);
+  return operand_copies<std::tuple<index, index, int, sa::scale_storage>,
+                        sa::packed_binary_coded_matrix>({rows, cols, bits, storage}, bytes, [&] {
+    return sa::packed_binary_coded_matrix(random_weights(rows, cols, bits), storage);
+  });
 }
 
 matrix<float> activations(index batch, index cols) {
@@ -111,11 +134,13 @@ void dense_product(benchmark::State& state) {
   const index cols = state.range(1);
   const index batch = state.range(3);
   const auto threads = static_cast<int>(state.range(4));
-  const matrix<float>& w = dense_weights(rows, cols);
+  const std::vector<matrix<float>>& copies = dense_weights(rows, cols);
   const matrix<float> x = activations(batch, cols);
   matrix<float> y(batch, rows);
   Eigen::setNbThreads(1);
+  std::size_t next = 0;
   for (auto _ : state) {
+    const matrix<float>& w = copies[next++ % copies.size()];
     if (batch == 1) {
       // GEMV: Eigen's row-major matrix-vector kernel on each thread's rows.
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -137,23 +162,27 @@ void dense_product(benchmark::State& state) {
   set_counters(state, 4.0 * static_cast<double>(rows) * static_cast<double>(cols));
 }
 
-void lut_product(benchmark::State& state, sa::lut_mode mode, sa::lut_path path) {
+void lut_product(benchmark::State& state, sa::lut_mode mode, sa::lut_path path,
+                 sa::scale_storage storage = sa::scale_storage::f32) {
   const index rows = state.range(0);
   const index cols = state.range(1);
   const auto bits = static_cast<int>(state.range(2));
   const index batch = state.range(3);
   const auto threads = static_cast<int>(state.range(4));
-  const sa::packed_binary_coded_matrix& w = packed_weights(rows, cols, bits);
+  const std::vector<sa::packed_binary_coded_matrix>& copies =
+      packed_weights(rows, cols, bits, storage);
+  const sa::packed_binary_coded_matrix& first = copies.front();
   const matrix<float> x = activations(batch, cols);
   matrix<float> y(batch, rows);
-  sa::lut_tables tables(w, batch, mode);
+  sa::lut_tables tables(first, batch, mode);
+  std::size_t next = 0;
   for (auto _ : state) {
-    sa::multiply(w, x, y, tables, threads, path);
+    sa::multiply(copies[next++ % copies.size()], x, y, tables, threads, path);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   state.SetLabel(reparam::kernels::lut_path_name(path));
-  set_counters(state, static_cast<double>(w.size_bytes()));
+  set_counters(state, static_cast<double>(first.size_bytes()));
 }
 
 // --- read-bandwidth probe ---------------------------------------------------------------------
@@ -165,20 +194,22 @@ const std::vector<float>& probe_array() {
   return data;
 }
 
-/// Sum of `count` floats (a multiple of 4 batches) with four independent vector accumulators, so
-/// the loop is bound by memory reads, not by the add latency.
+/// Sum of `count` floats (a multiple of 4 batches) read as two sequential streams (the two
+/// halves) with four independent vector accumulators, so the loop is bound by memory reads, not
+/// by the add latency (the LUT kernels also read two streams).
 float sum_floats(const float* data, index count) {
   using batch = xsimd::batch<float>;
-  constexpr index lanes = static_cast<index>(batch::size);
+  constexpr auto lanes = static_cast<index>(batch::size);
+  const float* second = data + count / 2;
   batch a0(0.0f);
   batch a1(0.0f);
   batch a2(0.0f);
   batch a3(0.0f);
-  for (index i = 0; i < count; i += 4 * lanes) {
+  for (index i = 0; i < count / 2; i += 2 * lanes) {
     a0 += batch::load_unaligned(data + i);
     a1 += batch::load_unaligned(data + i + lanes);
-    a2 += batch::load_unaligned(data + i + 2 * lanes);
-    a3 += batch::load_unaligned(data + i + 3 * lanes);
+    a2 += batch::load_unaligned(second + i);
+    a3 += batch::load_unaligned(second + i + lanes);
   }
   return xsimd::hadd((a0 + a1) + (a2 + a3));
 }
@@ -201,7 +232,7 @@ void bandwidth_sum(benchmark::State& state) {
 void bandwidth_memcpy(benchmark::State& state) {
   const auto threads = static_cast<int>(state.range(0));
   const std::vector<float>& data = probe_array();
-  static std::vector<float> target(static_cast<std::size_t>(probe_floats));
+  static std::vector<float> target(static_cast<std::size_t>(probe_floats), 0.0f);
   for (auto _ : state) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int part = 0; part < threads; ++part) {
@@ -225,10 +256,11 @@ constexpr shape shapes[] = {{4096, 4096}, {4096, 14336}, {14336, 4096}, {4097, 1
 
 void add_args(benchmark::internal::Benchmark* b, bool all_configs) {
   b->ArgNames({"rows", "cols", "bits", "batch", "threads"});
+  // A shape's (and for LUT impls a bit width's) runs are consecutive: they share the copies.
   for (const shape& s : shapes) {
-    for (const int threads : {1, 2}) {
-      for (const index batch : {index{1}, index{8}, index{32}}) {
-        for (const int bits : {1, 2, 3, 4}) {
+    for (const int bits : {1, 2, 3, 4}) {
+      for (const int threads : {1, 2}) {
+        for (const index batch : {index{1}, index{8}, index{32}}) {
           if (all_configs || (s.rows == 4096 && s.cols == 14336 && batch == 1 && threads == 1)) {
             b->Args({s.rows, s.cols, bits, batch, threads});
           }
@@ -245,6 +277,12 @@ const bool registered = [] {
   add_args(benchmark::RegisterBenchmark(
                "shiftadd/lut_multiply/lut_fast",
                [best](benchmark::State& state) { lut_product(state, sa::lut_mode::fast, best); }),
+           true);
+  add_args(benchmark::RegisterBenchmark("shiftadd/lut_multiply/lut_fast_f16scales",
+                                        [best](benchmark::State& state) {
+                                          lut_product(state, sa::lut_mode::fast, best,
+                                                      sa::scale_storage::f16);
+                                        }),
            true);
   add_args(benchmark::RegisterBenchmark("shiftadd/lut_multiply/lut_lossless",
                                         [best](benchmark::State& state) {

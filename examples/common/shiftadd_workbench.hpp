@@ -52,8 +52,9 @@ class lut_linear final : public llama::linear_layer {
   static constexpr reparam::index max_tokens = 64;
 
   lut_linear(const reparam::shiftadd::binary_coded_matrix& weights,
-             reparam::shiftadd::lut_mode mode, int threads = 1)
-      : weights_(weights), tables_(weights_, max_tokens, mode), threads_(threads) {}
+             reparam::shiftadd::lut_mode mode, int threads = 1,
+             reparam::shiftadd::scale_storage storage = reparam::shiftadd::scale_storage::f32)
+      : weights_(weights, storage), tables_(weights_, max_tokens, mode), threads_(threads) {}
 
   reparam::index rows() const override { return weights_.rows(); }
   reparam::index cols() const override { return weights_.cols(); }

@@ -17,6 +17,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <reparam/core/half.hpp>
 #include <reparam/core/random.hpp>
 #include <reparam/core/row_range.hpp>
 #include <reparam/kernels/reference/bcq_multiply.hpp>
@@ -132,6 +133,18 @@ TEST_CASE("packing round-trips to the canonical matrix", "[shiftadd][lut]") {
         CHECK(back.planes() == w.planes());
         CHECK(back.scales() == w.scales());
         CHECK(back.offsets() == w.offsets());
+        const packed_binary_coded_matrix half(w, reparam::shiftadd::scale_storage::f16);
+        const binary_coded_matrix half_back = reparam::shiftadd::unpack(half);
+        CHECK(half_back.planes() == w.planes());
+        CHECK(half.size_bytes() < packed.size_bytes());
+        for (std::size_t i = 0; i < w.scales().size(); ++i) {
+          CHECK(half_back.scales()[i] ==
+                reparam::f16_to_float(reparam::float_to_f16(w.scales()[i])));
+        }
+        for (std::size_t i = 0; i < w.offsets().size(); ++i) {
+          CHECK(half_back.offsets()[i] ==
+                reparam::f16_to_float(reparam::float_to_f16(w.offsets()[i])));
+        }
         const packed_binary_coded_matrix copy = packed;  // deep copy
         CHECK(std::memcmp(copy.bytes(), packed.bytes(), packed.size_bytes()) == 0);
         CHECK(copy.bytes() != packed.bytes());
@@ -151,20 +164,25 @@ TEST_CASE("every kernel path equals the scalar reference of its mode bit for bit
       for (bool has_offsets : {false, true}) {
         bcq_shape shape{s.rows, s.cols, bits, s.group_size};
         shape.has_offsets = has_offsets;
-        const binary_coded_matrix w =
+        const binary_coded_matrix original =
             random_bcq(shape, seed + ++salt, reparam::test::scale_style::with_zeros_and_denormals);
-        const packed_binary_coded_matrix packed(w);
+        // f16 scales: the products equal the reference on the unpacked (rounded) scales.
+        const auto storage = salt % 2 == 0 ? reparam::shiftadd::scale_storage::f16
+                                           : reparam::shiftadd::scale_storage::f32;
+        const packed_binary_coded_matrix packed(original, storage);
+        const binary_coded_matrix w = reparam::shiftadd::unpack(packed);
         for (reparam::index batch : {reparam::index{1}, reparam::index{3}, reparam::index{8}}) {
           // One float of offset so x is misaligned, and a row stride wider than cols.
           const reparam::index stride = s.cols + 3;
-          const matrix<float> storage =
+          const matrix<float> x_storage =
               reparam::test::random_matrix(batch + 1, stride, seed + salt);
-          const float* x = storage.data() + 1;
+          const float* x = x_storage.data() + 1;
           for (lut_mode mode : {lut_mode::lossless, lut_mode::fast}) {
             const matrix<float> expected = reference_product(w, x, batch, stride, mode);
             for (lut_path path : paths) {
               CAPTURE(s.rows, s.cols, s.group_size, bits, has_offsets, batch,
-                      static_cast<int>(mode), reparam::kernels::lut_path_name(path));
+                      static_cast<int>(mode), static_cast<int>(storage),
+                      reparam::kernels::lut_path_name(path));
               const matrix<float> got =
                   path_product(packed, x, batch, stride, mode, path, {0, s.rows});
               INFO("first difference " << first_difference(got, expected));
@@ -342,6 +360,11 @@ TEST_CASE("LUT entry points refuse bad input with clear messages", "[shiftadd][l
   binary_coded_matrix wc = random_bcq({8, 16, 2, 4, reparam::shiftadd::scale_axis::columns}, 1);
   CHECK_THROWS_WITH(packed_binary_coded_matrix(wc), Contains("column-wise"));
   CHECK_THROWS_WITH(packed_binary_coded_matrix(binary_coded_matrix()), Contains("empty"));
+  binary_coded_matrix large = random_bcq({8, 16, 2, 8}, 3);
+  large.scales()[5] = 1e6f;
+  CHECK_THROWS_WITH(packed_binary_coded_matrix(large, reparam::shiftadd::scale_storage::f16),
+                    Contains("binary16 range"));
+  CHECK_NOTHROW(packed_binary_coded_matrix(large, reparam::shiftadd::scale_storage::f32));
   const packed_binary_coded_matrix packed(random_bcq({8, 16, 2, 8}, 2));
   reparam::shiftadd::lut_tables tables(packed, 2, lut_mode::fast);
   CHECK_THROWS_WITH(tables.build(matrix<float>(matrix<float>::Zero(3, 16))),

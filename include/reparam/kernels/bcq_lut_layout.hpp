@@ -18,8 +18,10 @@
 //
 //   record(t, g) at data + (t * groups + g) * record_bytes:
 //     signs    uint8  [quads][bits][2 halves][64]      quads = padded G / 16
-//     scales   float  [bits][64 rows]                  alpha of (row 64t + i, g, plane); pad rows 0
-//     offsets  float  [64 rows]                        only if has_offsets; pad rows 0
+//     scales   S      [bits][64 rows]                  alpha of (row 64t + i, g, plane); pad rows 0
+//     offsets  S      [64 rows]                        only if has_offsets; pad rows 0
+//   S is float, or IEEE binary16 (uint16 bits) when has_half_scales (half the scale bytes:
+//   a 2-bit group of 128 then streams 36 instead of 40 bytes per row).
 //
 //   sign block (t, g, quad q, plane p, half h), 64 bytes: byte 4*i + s (i < 16, s < 4) holds
 //     low nibble:  the index e of row 64t + 32h + i       at k-group 4q + s of group g
@@ -28,7 +30,7 @@
 //   AVX-512 VBMI look up 16 rows x 4 k-groups with one vpermb and sum the four with one vpdpbusd;
 //   the pshufb paths regroup a block per k-group with in-register shuffles.
 //
-// record_bytes = quads * bits * 128 + bits * 256 + (has_offsets ? 256 : 0), a multiple of 64.
+// record_bytes = quads * bits * 128 + (bits + has_offsets) * 64 * sizeof(S), a multiple of 64.
 //
 // Tables of one token (built per call, laid out [groups][quads][4 k-groups][16 entries]):
 //   lossless: float entries exactly as defined above; fast: int8 entries
@@ -68,9 +70,10 @@ constexpr index lut_quads_per_group(index group_size) noexcept {
 }
 
 /// Bytes of one (tile, group) record.
-constexpr index lut_record_bytes(index quads_per_group, int bits, bool has_offsets) noexcept {
-  return quads_per_group * bits * 2 * lut_block_bytes + bits * lut_tile_rows * 4 +
-         (has_offsets ? lut_tile_rows * 4 : 0);
+constexpr index lut_record_bytes(index quads_per_group, int bits, bool has_offsets,
+                                 bool has_half_scales = false) noexcept {
+  return quads_per_group * bits * 2 * lut_block_bytes +
+         (bits + (has_offsets ? 1 : 0)) * lut_tile_rows * (has_half_scales ? 2 : 4);
 }
 
 /// Raw view of packed weights (the layout above). `data` is 64-byte aligned and holds
@@ -86,6 +89,7 @@ struct bcq_lut_operand {
   index record_bytes = 0;     // lut_record_bytes(quads_per_group, bits, has_offsets)
   int bits = 0;               // planes, 1..8
   bool has_offsets = false;
+  bool has_half_scales = false;  // scales and offsets stored as binary16
 
   const std::uint8_t* record(index tile, index group) const noexcept {
     return data + (tile * groups + group) * record_bytes;
@@ -95,16 +99,24 @@ struct bcq_lut_operand {
                                    int bits) noexcept {
     return record + ((quad * bits + plane) * 2 + half) * lut_block_bytes;
   }
-  /// The 64 scales of `plane` inside a record.
+  /// The start of a record's scales (after its sign blocks).
+  const std::uint8_t* scale_bytes(const std::uint8_t* record) const noexcept {
+    return record + quads_per_group * bits * 2 * lut_block_bytes;
+  }
+  /// The 64 float scales of `plane` inside a record (!has_half_scales).
   const float* scales(const std::uint8_t* record, int plane) const noexcept {
-    return reinterpret_cast<const float*>(record + quads_per_group * bits * 2 * lut_block_bytes) +
-           plane * lut_tile_rows;
+    return reinterpret_cast<const float*>(scale_bytes(record)) + plane * lut_tile_rows;
   }
-  /// The 64 offsets inside a record (has_offsets only).
+  /// The 64 float offsets inside a record (has_offsets, !has_half_scales).
   const float* offsets(const std::uint8_t* record) const noexcept {
-    return reinterpret_cast<const float*>(record + quads_per_group * bits * 2 * lut_block_bytes) +
-           bits * lut_tile_rows;
+    return reinterpret_cast<const float*>(scale_bytes(record)) + bits * lut_tile_rows;
   }
+  /// The (bits + has_offsets) * 64 binary16 scales then offsets of a record (has_half_scales).
+  const std::uint16_t* half_scales(const std::uint8_t* record) const noexcept {
+    return reinterpret_cast<const std::uint16_t*>(scale_bytes(record));
+  }
+  /// Values per record in the scale area: (bits + has_offsets) * 64.
+  index scale_count() const noexcept { return (bits + (has_offsets ? 1 : 0)) * lut_tile_rows; }
 };
 
 /// Raw view of the activation tables of `batch` tokens (built by kernels::build_lut_tables).

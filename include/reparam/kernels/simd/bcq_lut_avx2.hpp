@@ -36,6 +36,7 @@
 #include <cstdint>
 
 #include <reparam/config.hpp>
+#include <reparam/core/half.hpp>
 #include <reparam/core/index.hpp>
 #include <reparam/kernels/bcq_lut_layout.hpp>
 
@@ -142,12 +143,32 @@ inline void fast_half(const bcq_lut_operand& w, const std::uint8_t* record,
   flush_rows<Arch>(high_even, high_odd, counts[2], counts[3]);
 }
 
+/// The record's float scales (plane p at p * 64, offsets at bits * 64): in place, or converted
+/// exactly from binary16 into `buffer` (vcvtph2ps with F16C, else the scalar conversion).
+template <class Arch>
+inline const float* record_scales(const bcq_lut_operand& w, const std::uint8_t* record,
+                                  float* REPARAM_RESTRICT buffer) noexcept {
+  if (!w.has_half_scales) {
+    return w.scales(record, 0);
+  }
+  const std::uint16_t* half = w.half_scales(record);
+#if defined(__F16C__)
+  for (index i = 0; i < w.scale_count(); i += 8) {
+    _mm256_store_ps(buffer + i,
+                    _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(half + i))));
+  }
+#else
+  f16_to_float_n(half, buffer, w.scale_count());
+#endif
+  return buffer;
+}
+
 /// acc[64] = fma(offset, group_sum, acc) when the matrix has offsets.
 template <class Arch>
-inline void add_offsets(const bcq_lut_operand& w, const std::uint8_t* record, float group_sum,
+inline void add_offsets(const bcq_lut_operand& w, const float* sc, float group_sum,
                         float* REPARAM_RESTRICT acc) noexcept {
   if (w.has_offsets) {
-    const float* offsets = w.offsets(record);
+    const float* offsets = sc + w.bits * lut_tile_rows;
     const __m256 sum = _mm256_set1_ps(group_sum);
     for (index i = 0; i < lut_tile_rows; i += 8) {
       _mm256_storeu_ps(
@@ -160,7 +181,7 @@ inline void add_offsets(const bcq_lut_operand& w, const std::uint8_t* record, fl
 /// order of fma(alpha_p, I_p, s), then the offsets. `is_leader` (the first token of a pass over
 /// the record) issues the prefetches.
 template <class Arch>
-inline void fast_group(const bcq_lut_operand& w, const std::uint8_t* record,
+inline void fast_group(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                        const std::int8_t* table, float sigma, float group_sum, bool is_leader,
                        float* REPARAM_RESTRICT acc) noexcept {
   const index quads = w.quads_per_group;
@@ -188,7 +209,7 @@ inline void fast_group(const bcq_lut_operand& w, const std::uint8_t* record,
             _mm256_store_si256(reinterpret_cast<__m256i*>(kept[p][h][i]), counts[i]);
           }
         } else {
-          const float* alpha = w.scales(record, p) + lut_half_rows * h;
+          const float* alpha = sc + p * lut_tile_rows + lut_half_rows * h;
           for (index i = 0; i < 4; ++i) {
             __m256& s = plane_sum[index{4} * h + i];
             s = _mm256_fmadd_ps(_mm256_loadu_ps(alpha + 8 * i), _mm256_cvtepi32_ps(counts[i]), s);
@@ -202,7 +223,7 @@ inline void fast_group(const bcq_lut_operand& w, const std::uint8_t* record,
     _mm256_storeu_ps(acc + 8 * v,
                      _mm256_fmadd_ps(scale, plane_sum[v], _mm256_loadu_ps(acc + 8 * v)));
   }
-  add_offsets<Arch>(w, record, group_sum, acc);
+  add_offsets<Arch>(w, sc, group_sum, acc);
 }
 
 /// The float entries of one 16-entry table (`low` = entries 0-7, `high` = 8-15) at the 4-bit
@@ -237,8 +258,9 @@ inline void add_kgroup_rows(__m256 partial[4], const float* table, __m256i d0,
 /// Lossless mode, one (token, group): acc[64] = fma(alpha_p, partial_p, acc) plane by plane, the
 /// partials summed k-group by k-group in ascending k (chunk after chunk); then the offsets.
 template <class Arch>
-inline void lossless_group(const bcq_lut_operand& w, const std::uint8_t* record, const float* table,
-                           float group_sum, bool is_leader, float* REPARAM_RESTRICT acc) noexcept {
+inline void lossless_group(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
+                           const float* table, float group_sum, bool is_leader,
+                           float* REPARAM_RESTRICT acc) noexcept {
   const index quads = w.quads_per_group;
   alignas(32) float kept[8][2][4][8];  // partials of the finished chunks
   const index chunk = chunk_quads(w.bits);
@@ -268,7 +290,7 @@ inline void lossless_group(const bcq_lut_operand& w, const std::uint8_t* record,
             _mm256_store_ps(kept[p][h][i], partial[i]);
           }
         } else {
-          const float* alpha = w.scales(record, p) + lut_half_rows * h;
+          const float* alpha = sc + p * lut_tile_rows + lut_half_rows * h;
           for (index i = 0; i < 4; ++i) {
             float* a = acc + lut_half_rows * h + 8 * i;
             _mm256_storeu_ps(
@@ -278,7 +300,7 @@ inline void lossless_group(const bcq_lut_operand& w, const std::uint8_t* record,
       }
     }
   }
-  add_offsets<Arch>(w, record, group_sum, acc);
+  add_offsets<Arch>(w, sc, group_sum, acc);
 }
 
 }  // namespace detail::lut_avx2
@@ -299,6 +321,7 @@ void bcq_lut_rows_avx2(Arch, const bcq_lut_operand& w, const bcq_lut_tables& tab
   const bool is_fast = tables.mode == lut_mode::fast;
   const index tile_end = (row_end + lut_tile_rows - 1) / lut_tile_rows;
   alignas(32) float acc[impl::token_block][lut_tile_rows];
+  alignas(32) float scale_buffer[9 * lut_tile_rows];
   for (index tile = row_begin / lut_tile_rows; tile < tile_end; ++tile) {
     for (index b0 = 0; b0 < tables.batch; b0 += impl::token_block) {
       const index tokens =
@@ -310,15 +333,16 @@ void bcq_lut_rows_avx2(Arch, const bcq_lut_operand& w, const bcq_lut_tables& tab
       }
       for (index g = 0; g < w.groups; ++g) {
         const std::uint8_t* record = w.record(tile, g);
+        const float* sc = impl::record_scales<Arch>(w, record, scale_buffer);
         for (index t = 0; t < tokens; ++t) {
           const index b = b0 + t;
           const float group_sum = tables.group_sum[b * tables.groups + g];
           if (is_fast) {
-            impl::fast_group<Arch>(w, record, tables.int8_quad(b, g, 0, quads),
+            impl::fast_group<Arch>(w, record, sc, tables.int8_quad(b, g, 0, quads),
                                    tables.group_scale[b * tables.groups + g], group_sum, t == 0,
                                    acc[t]);
           } else {
-            impl::lossless_group<Arch>(w, record, tables.float_quad(b, g, 0, quads), group_sum,
+            impl::lossless_group<Arch>(w, record, sc, tables.float_quad(b, g, 0, quads), group_sum,
                                        t == 0, acc[t]);
           }
         }

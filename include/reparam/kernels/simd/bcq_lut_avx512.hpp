@@ -36,6 +36,9 @@
 #include <immintrin.h>
 
 #define REPARAM_HAS_LUT_AVX512BW 1
+#ifndef REPARAM_LUT512_STREAMS
+#define REPARAM_LUT512_STREAMS 2
+#endif
 
 // The small helpers of the inner loops must be inlined for their vectors to stay in registers
 // (GCC's -O2 heuristics leave some out of line, passing them through memory).
@@ -57,6 +60,8 @@ template <class Arch>
 struct lut512 {
   /// Tokens whose 64-row float accumulators live on the stack at a time.
   static constexpr index token_block = 16;
+  /// Tiles streamed side by side.
+  static constexpr index streams = REPARAM_LUT512_STREAMS;
   /// Software prefetch distance in the packed stream.
   static constexpr index prefetch_bytes = 2048;
   /// Quads the fast avx512bw path sums in 16-bit words before widening to int32.
@@ -115,9 +120,30 @@ struct lut512 {
     }
   }
 
+  /// Floats of a record's scales and offsets at most (8 planes + offsets, 64 rows).
+  static constexpr index scale_buffer_floats = 9 * lut_tile_rows;
+
+  /// The record's float scales (plane p at p * 64, offsets at bits * 64): in place, or converted
+  /// from binary16 into `buffer` (exact, vcvtph2ps).
+  REPARAM_LUT512_INLINE static const float* record_scales(const bcq_lut_operand& w,
+                                                          const std::uint8_t* record,
+                                                          float* buffer) noexcept {
+    if (!w.has_half_scales) {
+      return w.scales(record, 0);
+    }
+    const std::uint16_t* half = w.half_scales(record);
+    for (index i = 0; i < w.scale_count(); i += 16) {
+      _mm512_store_ps(
+          buffer + i,
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + i))));
+    }
+    return buffer;
+  }
+
   /// Prefetches the scales and offsets of the record `prefetch_bytes` ahead.
   static void prefetch_scales(const bcq_lut_operand& w, const std::uint8_t* record) noexcept {
-    prefetch(w.scales(record, 0), index{4} * (w.bits + (w.has_offsets ? 1 : 0)));
+    prefetch(w.scale_bytes(record),
+             (w.has_half_scales ? 2 : 4) * (w.bits + (w.has_offsets ? 1 : 0)));
   }
 
   /// Stores the rows of tile `tile` that fall in [row_begin, row_end) from `acc` to y.
@@ -137,8 +163,9 @@ struct lut512 {
 
   /// Calls `record_fn(record, group, first_token, tokens, acc)` for every (tile, token block,
   /// group), acc being the block's tokens x 64 float accumulators of the tile (zeroed before
-  /// group 0), and stores the tiles. Tiles are taken two at a time, from the two halves of the
-  /// tile range, and their records of one group are processed back to back: two streams.
+  /// group 0), and stores the tiles. Tiles are taken `streams` at a time, one from each part of
+  /// the tile range, and their records of one group are processed back to back: several
+  /// sequential streams keep more memory requests in flight than one.
   template <class RecordFn>
   static void run(const bcq_lut_operand& w, const bcq_lut_tables& tables, float* y,
                   index y_row_stride, index row_begin, index row_end,
@@ -146,32 +173,34 @@ struct lut512 {
     if (row_begin >= row_end || tables.batch <= 0) {
       return;
     }
-    alignas(64) float acc_a[token_block * lut_tile_rows];
-    alignas(64) float acc_b[token_block * lut_tile_rows];
+    alignas(64) float acc[streams][token_block * lut_tile_rows];
     const index tile_begin = row_begin / lut_tile_rows;
     const index tile_count = (row_end + lut_tile_rows - 1) / lut_tile_rows - tile_begin;
-    const index step = (tile_count + 1) / 2;
+    const index step = (tile_count + streams - 1) / streams;
     for (index i = 0; i < step; ++i) {
-      const index tile_a = tile_begin + i;
-      const index tile_b = tile_a + step;
-      const bool has_b = i + step < tile_count;
+      index tiles[streams];
+      index live = 0;
+      for (index s = 0; s < streams; ++s) {
+        if (i + s * step < tile_count) {
+          tiles[live++] = tile_begin + i + s * step;
+        }
+      }
       for (index b0 = 0; b0 < tables.batch; b0 += token_block) {
         const index tokens = std::min(token_block, tables.batch - b0);
-        for (index k = 0; k < tokens * lut_tile_rows; k += 16) {
-          _mm512_store_ps(acc_a + k, _mm512_setzero_ps());
-          _mm512_store_ps(acc_b + k, _mm512_setzero_ps());
+        for (index s = 0; s < live; ++s) {
+          for (index k = 0; k < tokens * lut_tile_rows; k += 16) {
+            _mm512_store_ps(acc[s] + k, _mm512_setzero_ps());
+          }
         }
         for (index g = 0; g < w.groups; ++g) {
-          record_fn(w.record(tile_a, g), g, b0, tokens, acc_a);
-          if (has_b) {
-            record_fn(w.record(tile_b, g), g, b0, tokens, acc_b);
+          for (index s = 0; s < live; ++s) {
+            record_fn(w.record(tiles[s], g), g, b0, tokens, acc[s]);
           }
         }
         for (index b = 0; b < tokens; ++b) {
           float* yb = y + (b0 + b) * y_row_stride;
-          store_tile(acc_a + b * lut_tile_rows, yb, tile_a, row_begin, row_end);
-          if (has_b) {
-            store_tile(acc_b + b * lut_tile_rows, yb, tile_b, row_begin, row_end);
+          for (index s = 0; s < live; ++s) {
+            store_tile(acc[s] + b * lut_tile_rows, yb, tiles[s], row_begin, row_end);
           }
         }
       }
@@ -180,23 +209,22 @@ struct lut512 {
 
   /// acc = fma(offset, group_sum, acc) over the 64 rows (a matrix with offsets), stored to
   /// acc_rows.
-  static void finish(const bcq_lut_operand& w, const std::uint8_t* record, float group_sum,
-                     const rows_f& acc, float* acc_rows) noexcept {
+  static void finish(const bcq_lut_operand& w, const float* sc, float group_sum, const rows_f& acc,
+                     float* acc_rows) noexcept {
     if (w.has_offsets) {
       const __m512 sum = _mm512_set1_ps(group_sum);
-      store(acc_rows, fma(w.offsets(record), {sum, sum, sum, sum}, acc));
+      store(acc_rows, fma(sc + w.bits * lut_tile_rows, {sum, sum, sum, sum}, acc));
     } else {
       store(acc_rows, acc);
     }
   }
 
   /// The fast mode's group step acc = fma(sigma_g, s, acc), then the offsets.
-  static void finish_fast(const bcq_lut_operand& w, const bcq_lut_tables& tables,
-                          const std::uint8_t* record, index g, index b, const rows_f& s,
-                          float* acc_rows) noexcept {
+  static void finish_fast(const bcq_lut_operand& w, const bcq_lut_tables& tables, const float* sc,
+                          index g, index b, const rows_f& s, float* acc_rows) noexcept {
     const __m512 sigma = _mm512_set1_ps(tables.group_scale[b * tables.groups + g]);
     const rows_f acc = load(acc_rows);
-    finish(w, record, tables.group_sum[b * tables.groups + g],
+    finish(w, sc, tables.group_sum[b * tables.groups + g],
            {_mm512_fmadd_ps(sigma, s.r0, acc.r0), _mm512_fmadd_ps(sigma, s.r1, acc.r1),
             _mm512_fmadd_ps(sigma, s.r2, acc.r2), _mm512_fmadd_ps(sigma, s.r3, acc.r3)},
            acc_rows);
@@ -265,7 +293,7 @@ struct lut512 {
   /// Planes [p0, p0 + NP) of a record for one token: per-plane partial sums in k-group order,
   /// then acc = fma(alpha_p, partial_p, acc) plane by plane.
   template <int NP>
-  static void lossless_planes(const bcq_lut_operand& w, const std::uint8_t* record,
+  static void lossless_planes(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                               const float* table, int p0, bool is_prefetching,
                               rows_f& acc) noexcept {
     const index quads = w.quads_per_group;
@@ -295,15 +323,15 @@ struct lut512 {
         a3 = lossless_plane(record, first + 6, t0, t1, t2, t3, a3);
       }
     }
-    acc = fma(w.scales(record, p0), a0, acc);
+    acc = fma(sc + (p0)*lut_tile_rows, a0, acc);
     if constexpr (NP > 1) {
-      acc = fma(w.scales(record, p0 + 1), a1, acc);
+      acc = fma(sc + (p0 + 1) * lut_tile_rows, a1, acc);
     }
     if constexpr (NP > 2) {
-      acc = fma(w.scales(record, p0 + 2), a2, acc);
+      acc = fma(sc + (p0 + 2) * lut_tile_rows, a2, acc);
     }
     if constexpr (NP > 3) {
-      acc = fma(w.scales(record, p0 + 3), a3, acc);
+      acc = fma(sc + (p0 + 3) * lut_tile_rows, a3, acc);
     }
   }
 
@@ -311,6 +339,8 @@ struct lut512 {
   static void lossless_record(const bcq_lut_operand& w, const bcq_lut_tables& tables,
                               const std::uint8_t* record, index g, index b0, index tokens,
                               float* acc_block) noexcept {
+    alignas(64) float scale_buffer[scale_buffer_floats];
+    const float* sc = record_scales(w, record, scale_buffer);
     prefetch_scales(w, record);
     for (index b = 0; b < tokens; ++b) {
       float* acc_rows = acc_block + b * lut_tile_rows;
@@ -319,20 +349,20 @@ struct lut512 {
       for (int p0 = 0; p0 < w.bits; p0 += 4) {
         switch (std::min(4, w.bits - p0)) {
           case 1:
-            lossless_planes<1>(w, record, table, p0, b == 0, acc);
+            lossless_planes<1>(w, record, sc, table, p0, b == 0, acc);
             break;
           case 2:
-            lossless_planes<2>(w, record, table, p0, b == 0, acc);
+            lossless_planes<2>(w, record, sc, table, p0, b == 0, acc);
             break;
           case 3:
-            lossless_planes<3>(w, record, table, p0, b == 0, acc);
+            lossless_planes<3>(w, record, sc, table, p0, b == 0, acc);
             break;
           default:
-            lossless_planes<4>(w, record, table, p0, b == 0, acc);
+            lossless_planes<4>(w, record, sc, table, p0, b == 0, acc);
             break;
         }
       }
-      finish(w, record, tables.group_sum[(b0 + b) * tables.groups + g], acc, acc_rows);
+      finish(w, sc, tables.group_sum[(b0 + b) * tables.groups + g], acc, acc_rows);
     }
   }
 
@@ -409,7 +439,7 @@ struct lut512 {
   /// Planes [p0, p0 + NP) (NP <= 2) of a record for one token: exact row sums, then the plane
   /// steps s = fma(alpha_p, float(I_p), s). IsDecoded: the indices come from `decoded`.
   template <int NP, bool IsDecoded>
-  static void bw_planes(const bcq_lut_operand& w, const std::uint8_t* record,
+  static void bw_planes(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                         const std::uint8_t* decoded, const std::int8_t* table, int p0,
                         bool is_prefetching, rows_f& s) noexcept {
     static_assert(NP == 1 || NP == 2, "bw_planes takes one or two planes");
@@ -448,22 +478,22 @@ struct lut512 {
         word_reduce(v1, total1.r2, total1.r3);
       }
     }
-    s = fma(w.scales(record, p0), to_float(total0), s);
+    s = fma(sc + (p0)*lut_tile_rows, to_float(total0), s);
     if constexpr (NP > 1) {
-      s = fma(w.scales(record, p0 + 1), to_float(total1), s);
+      s = fma(sc + (p0 + 1) * lut_tile_rows, to_float(total1), s);
     }
   }
 
   template <bool IsDecoded>
-  static void bw_token(const bcq_lut_operand& w, const std::uint8_t* record,
+  static void bw_token(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                        const std::uint8_t* decoded, const std::int8_t* table, bool is_prefetching,
                        rows_f& s) noexcept {
     int p0 = 0;
     for (; p0 + 2 <= w.bits; p0 += 2) {
-      bw_planes<2, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+      bw_planes<2, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
     }
     if (p0 < w.bits) {
-      bw_planes<1, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+      bw_planes<1, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
     }
   }
 
@@ -471,6 +501,8 @@ struct lut512 {
   static void bw_fast_record(const bcq_lut_operand& w, const bcq_lut_tables& tables,
                              const std::uint8_t* record, index g, index b0, index tokens,
                              float* acc_block) noexcept {
+    alignas(64) float scale_buffer[scale_buffer_floats];
+    const float* sc = record_scales(w, record, scale_buffer);
     prefetch_scales(w, record);
     alignas(64) std::uint8_t decoded[decoded_bytes];
     const bool is_decoded = is_decoding(w, tokens);
@@ -481,11 +513,11 @@ struct lut512 {
       const std::int8_t* table = tables.int8_quad(b0 + b, g, 0, w.quads_per_group);
       rows_f s = zero_f();
       if (is_decoded) {
-        bw_token<true>(w, record, decoded, table, false, s);
+        bw_token<true>(w, record, sc, decoded, table, false, s);
       } else {
-        bw_token<false>(w, record, decoded, table, b == 0, s);
+        bw_token<false>(w, record, sc, decoded, table, b == 0, s);
       }
-      finish_fast(w, tables, record, g, b0 + b, s, acc_block + b * lut_tile_rows);
+      finish_fast(w, tables, sc, g, b0 + b, s, acc_block + b * lut_tile_rows);
     }
   }
 };
@@ -579,7 +611,7 @@ struct lut512_vbmi {
   /// Planes [p0, p0 + NP) of a record for one token: exact int32 row sums, then the plane
   /// steps s = fma(alpha_p, float(I_p), s). IsDecoded: the indices come from `decoded`.
   template <int NP, bool IsDecoded>
-  static void planes(const bcq_lut_operand& w, const std::uint8_t* record,
+  static void planes(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                      const std::uint8_t* decoded, const std::int8_t* table, int p0,
                      bool is_prefetching, rows_f& s) noexcept {
     const index quads = w.quads_per_group;
@@ -606,38 +638,38 @@ struct lut512_vbmi {
       }
     }
     pin(a0);
-    s = base::fma(w.scales(record, p0), base::to_float(a0), s);
+    s = base::fma(sc + (p0)*lut_tile_rows, base::to_float(a0), s);
     if constexpr (NP > 1) {
       pin(a1);
-      s = base::fma(w.scales(record, p0 + 1), base::to_float(a1), s);
+      s = base::fma(sc + (p0 + 1) * lut_tile_rows, base::to_float(a1), s);
     }
     if constexpr (NP > 2) {
       pin(a2);
-      s = base::fma(w.scales(record, p0 + 2), base::to_float(a2), s);
+      s = base::fma(sc + (p0 + 2) * lut_tile_rows, base::to_float(a2), s);
     }
     if constexpr (NP > 3) {
       pin(a3);
-      s = base::fma(w.scales(record, p0 + 3), base::to_float(a3), s);
+      s = base::fma(sc + (p0 + 3) * lut_tile_rows, base::to_float(a3), s);
     }
   }
 
   template <bool IsDecoded>
-  static void token(const bcq_lut_operand& w, const std::uint8_t* record,
+  static void token(const bcq_lut_operand& w, const std::uint8_t* record, const float* sc,
                     const std::uint8_t* decoded, const std::int8_t* table, bool is_prefetching,
                     rows_f& s) noexcept {
     for (int p0 = 0; p0 < w.bits; p0 += 4) {
       switch (std::min(4, w.bits - p0)) {
         case 1:
-          planes<1, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+          planes<1, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
           break;
         case 2:
-          planes<2, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+          planes<2, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
           break;
         case 3:
-          planes<3, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+          planes<3, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
           break;
         default:
-          planes<4, IsDecoded>(w, record, decoded, table, p0, is_prefetching, s);
+          planes<4, IsDecoded>(w, record, sc, decoded, table, p0, is_prefetching, s);
           break;
       }
     }
@@ -647,6 +679,8 @@ struct lut512_vbmi {
   static void fast_record(const bcq_lut_operand& w, const bcq_lut_tables& tables,
                           const std::uint8_t* record, index g, index b0, index tokens,
                           float* acc_block) noexcept {
+    alignas(64) float scale_buffer[base::scale_buffer_floats];
+    const float* sc = base::record_scales(w, record, scale_buffer);
     base::prefetch_scales(w, record);
     alignas(64) std::uint8_t decoded[base::decoded_bytes];
     const bool is_decoded = base::is_decoding(w, tokens);
@@ -657,11 +691,11 @@ struct lut512_vbmi {
       const std::int8_t* table = tables.int8_quad(b0 + b, g, 0, w.quads_per_group);
       rows_f s = base::zero_f();
       if (is_decoded) {
-        token<true>(w, record, decoded, table, false, s);
+        token<true>(w, record, sc, decoded, table, false, s);
       } else {
-        token<false>(w, record, decoded, table, b == 0, s);
+        token<false>(w, record, sc, decoded, table, b == 0, s);
       }
-      base::finish_fast(w, tables, record, g, b0 + b, s, acc_block + b * lut_tile_rows);
+      base::finish_fast(w, tables, sc, g, b0 + b, s, acc_block + b * lut_tile_rows);
     }
   }
 };

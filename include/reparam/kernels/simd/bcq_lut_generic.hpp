@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include <reparam/config.hpp>
+#include <reparam/core/half.hpp>
 #include <reparam/core/index.hpp>
 #include <reparam/kernels/bcq_lut_layout.hpp>
 
@@ -34,6 +35,11 @@ void bcq_lut_rows_generic(Arch, const bcq_lut_operand& w, const bcq_lut_tables& 
       float acc[lut_tile_rows] = {};
       for (index g = 0; g < w.groups; ++g) {
         const std::uint8_t* record = w.record(tile, g);
+        float converted[9 * lut_tile_rows];
+        const float* sc = w.has_half_scales ? converted : w.scales(record, 0);
+        if (w.has_half_scales) {
+          f16_to_float_n(w.half_scales(record), converted, w.scale_count());
+        }
         float plane_sum[lut_tile_rows] = {};  // fast mode: sum_p alpha_p * I_p
         for (int p = 0; p < w.bits; ++p) {
           float partial[lut_tile_rows] = {};
@@ -59,7 +65,7 @@ void bcq_lut_rows_generic(Arch, const bcq_lut_operand& w, const bcq_lut_tables& 
               }
             }
           }
-          const float* alpha = w.scales(record, p);
+          const float* alpha = sc + p * lut_tile_rows;
           for (index i = 0; i < lut_tile_rows; ++i) {
             if (is_fast) {
               plane_sum[i] = std::fma(alpha[i], static_cast<float>(counts[i]), plane_sum[i]);
@@ -75,7 +81,7 @@ void bcq_lut_rows_generic(Arch, const bcq_lut_operand& w, const bcq_lut_tables& 
           }
         }
         if (w.has_offsets) {
-          const float* offsets = w.offsets(record);
+          const float* offsets = sc + w.bits * lut_tile_rows;
           const float sum = tables.group_sum[b * tables.groups + g];
           for (index i = 0; i < lut_tile_rows; ++i) {
             acc[i] = std::fma(offsets[i], sum, acc[i]);
