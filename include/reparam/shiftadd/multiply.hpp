@@ -318,8 +318,9 @@ void multiply_rows(const packed_binary_coded_matrix& w, const lut_tables& tables
 }
 
 /// Y = X W^T with the LUT kernels: builds `tables` from x (x [batch, w.cols()] row-major, or a
-/// vector of w.cols() values), then runs all rows on `threads` threads (OpenMP when the build
-/// has it, else one). y is [batch, w.rows()]. Throws reparam::error on the shape errors of
+/// vector of w.cols() values), then runs all rows on `threads` threads (OpenMP when the TU is
+/// compiled with -fopenmp, else one; compile every TU of a program that instantiates this the
+/// same way). y is [batch, w.rows()]. Throws reparam::error on the shape errors of
 /// multiply_rows, or if the tables are too small for the batch. No allocation beyond OpenMP's.
 template <class Arch = kernel_arch, class DerivedX>
 void multiply(const packed_binary_coded_matrix& w, const Eigen::MatrixBase<DerivedX>& x,
