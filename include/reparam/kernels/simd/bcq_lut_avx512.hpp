@@ -143,7 +143,7 @@ struct lut512 {
   /// Prefetches the scales and offsets of the record `prefetch_bytes` ahead.
   static void prefetch_scales(const bcq_lut_operand& w, const std::uint8_t* record) noexcept {
     prefetch(w.scale_bytes(record),
-             (w.has_half_scales ? 2 : 4) * (w.bits + (w.has_offsets ? 1 : 0)));
+             index{w.has_half_scales ? 2 : 4} * (w.bits + (w.has_offsets ? 1 : 0)));
   }
 
   /// Stores the rows of tile `tile` that fall in [row_begin, row_end) from `acc` to y.
