@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-DEFAULT_BASELINES = ["dense", "dense_eigen", "memcpy", "mt19937"]
+DEFAULT_BASELINES = ["dense", "dense_eigen", "memcpy", "mt19937", "unmerged"]
 
 
 def split_name(name):

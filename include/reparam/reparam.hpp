@@ -25,6 +25,7 @@
 #include <reparam/kernels/simd/bcq_lut_avx512.hpp>
 #include <reparam/kernels/simd/bcq_lut_generic.hpp>
 #include <reparam/shiftadd/shiftadd.hpp>
+#include <reparam/structural/structural.hpp>
 #include <reparam/version.hpp>
 
 #endif  // REPARAM_REPARAM_HPP

@@ -42,6 +42,30 @@ constexpr const char* padding_mode_name(padding_mode mode) noexcept {
   return "unknown";
 }
 
+namespace detail {
+
+/// Where padded coordinate `p` (in [-pad_before, size + pad_after)) reads from along an axis of
+/// `size` under `mode`, or -1 for a zero. Reflect does not repeat the edge (PyTorch "reflect");
+/// the caller has checked that the pads fit the mode. No allocation.
+inline index padded_source(index p, index size, padding_mode mode) noexcept {
+  if (p >= 0 && p < size) {
+    return p;
+  }
+  switch (mode) {
+    case padding_mode::zeros:
+      return -1;
+    case padding_mode::reflect:
+      return p < 0 ? -p : 2 * (size - 1) - p;
+    case padding_mode::replicate:
+      return p < 0 ? 0 : size - 1;
+    case padding_mode::circular:
+      return ((p % size) + size) % size;
+  }
+  return -1;
+}
+
+}  // namespace detail
+
 /// Geometry of a 2-D convolution (PyTorch Conv2d semantics). Padding is explicit per side, never
 /// inferred from the kernel size: output height = (H + pad_top + pad_bottom - dilation_h*(kh-1)
 /// - 1) / stride_h + 1.
