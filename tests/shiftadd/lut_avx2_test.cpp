@@ -29,6 +29,7 @@
 #include <reparam/shiftadd/multiply.hpp>
 #include <reparam/shiftadd/packed.hpp>
 
+#include "support/lut_products.hpp"
 #include "support/random.hpp"
 #include "support/random_bcq.hpp"
 
@@ -40,6 +41,8 @@ using reparam::kernels::lut_path;
 using reparam::shiftadd::bcq_shape;
 using reparam::shiftadd::binary_coded_matrix;
 using reparam::shiftadd::packed_binary_coded_matrix;
+using reparam::test::path_product;
+using reparam::test::reference_product;
 
 static_assert(std::is_same_v<reparam::kernel_arch, xsimd::fma3<xsimd::avx2>>,
               "without AVX-512 the kernels' ISA ceiling is fma3<avx2>");
@@ -53,33 +56,6 @@ bool avx2_runs_here() {
     return false;
   }
   return true;
-}
-
-/// The scalar reference of `mode` on the canonical matrix.
-matrix<float> reference_product(const binary_coded_matrix& w, const float* x, reparam::index batch,
-                                reparam::index x_stride, lut_mode mode) {
-  matrix<float> y(batch, w.rows());
-  const auto op = reparam::shiftadd::detail::operand_of(w);
-  if (mode == lut_mode::lossless) {
-    reparam::kernels::reference::bcq_multiply_rows(op, x, batch, x_stride, y.data(), w.rows(), 0,
-                                                   w.rows());
-  } else {
-    reparam::kernels::reference::bcq_multiply_rows_fast(op, x, batch, x_stride, y.data(), w.rows(),
-                                                        0, w.rows());
-  }
-  return y;
-}
-
-/// The avx2 path on rows `rows` (the other entries of y stay -7).
-matrix<float> avx2_product(const packed_binary_coded_matrix& w, const float* x,
-                           reparam::index batch, reparam::index x_stride, lut_mode mode,
-                           reparam::row_range rows) {
-  reparam::shiftadd::lut_tables tables(w, batch, mode);
-  tables.build(
-      reparam::const_matrix_map<float>(x, batch, w.cols(), Eigen::OuterStride<>(x_stride)));
-  matrix<float> y = matrix<float>::Constant(batch, w.rows(), -7.0f);
-  reparam::shiftadd::multiply_rows(w, tables, y, rows, lut_path::avx2);
-  return y;
 }
 
 /// Number of elements whose bits differ, and the first of them, for the failure message.
@@ -115,7 +91,8 @@ void check_both_modes(const binary_coded_matrix& w, reparam::index batch, std::u
     CAPTURE(w.rows(), w.cols(), w.group_size(), w.bits(), w.has_offsets(), batch,
             static_cast<int>(mode));
     const matrix<float> expected = reference_product(w, x, batch, stride, mode);
-    const matrix<float> got = avx2_product(packed, x, batch, stride, mode, {0, w.rows()});
+    const matrix<float> got =
+        path_product(packed, x, batch, stride, mode, lut_path::avx2, {0, w.rows()});
     const bit_comparison c = compare_bits(got, expected);
     INFO("mismatches " << c.mismatches << ", first " << c.first);
     CHECK(c.mismatches == 0);
@@ -207,7 +184,8 @@ TEST_CASE("the avx2 fast path sums int8 entries of +-127 over long groups exactl
       const matrix<float> x = matrix<float>::Constant(2, cols, 0.25f);
       CAPTURE(cols, bits);
       const matrix<float> expected = reference_product(w, x.data(), 2, cols, lut_mode::fast);
-      const matrix<float> got = avx2_product(packed, x.data(), 2, cols, lut_mode::fast, {0, 70});
+      const matrix<float> got =
+          path_product(packed, x.data(), 2, cols, lut_mode::fast, lut_path::avx2, {0, 70});
       const bit_comparison c = compare_bits(got, expected);
       INFO("mismatches " << c.mismatches << ", first " << c.first);
       CHECK(c.mismatches == 0);
@@ -280,7 +258,7 @@ TEST_CASE("the avx2 LUT path propagates NaN and Inf activations like the referen
   for (const lut_mode mode : {lut_mode::lossless, lut_mode::fast}) {
     CAPTURE(static_cast<int>(mode));
     const matrix<float> expected = reference_product(w, x.data(), 3, 64, mode);
-    const matrix<float> got = avx2_product(packed, x.data(), 3, 64, mode, {0, 67});
+    const matrix<float> got = path_product(packed, x.data(), 3, 64, mode, lut_path::avx2, {0, 67});
     for (reparam::index r = 0; r < 67; ++r) {
       CHECK(std::isnan(got(0, r)));
       CHECK((std::isnan(expected(1, r)) ? std::isnan(got(1, r)) : got(1, r) == expected(1, r)));

@@ -27,6 +27,7 @@
 #include <reparam/shiftadd/packed.hpp>
 
 #include "support/count_allocations.hpp"
+#include "support/lut_products.hpp"
 #include "support/random.hpp"
 #include "support/random_bcq.hpp"
 
@@ -38,7 +39,9 @@ using reparam::kernels::lut_path;
 using reparam::shiftadd::bcq_shape;
 using reparam::shiftadd::binary_coded_matrix;
 using reparam::shiftadd::packed_binary_coded_matrix;
+using reparam::test::path_product;
 using reparam::test::random_bcq;
+using reparam::test::reference_product;
 
 /// The paths this machine and build can run (generic always).
 std::vector<lut_path> usable_paths() {
@@ -53,21 +56,6 @@ std::vector<lut_path> usable_paths() {
     }
   }
   return out;
-}
-
-/// The scalar reference of `mode` on the canonical matrix.
-matrix<float> reference_product(const binary_coded_matrix& w, const float* x, reparam::index batch,
-                                reparam::index x_stride, lut_mode mode) {
-  matrix<float> y(batch, w.rows());
-  const auto op = reparam::shiftadd::detail::operand_of(w);
-  if (mode == lut_mode::lossless) {
-    reparam::kernels::reference::bcq_multiply_rows(op, x, batch, x_stride, y.data(), w.rows(), 0,
-                                                   w.rows());
-  } else {
-    reparam::kernels::reference::bcq_multiply_rows_fast(op, x, batch, x_stride, y.data(), w.rows(),
-                                                        0, w.rows());
-  }
-  return y;
 }
 
 /// Bit equality of two float matrices (NaN equal to NaN of the same bits).
@@ -87,18 +75,6 @@ std::string first_difference(const matrix<float>& a, const matrix<float>& b) {
     }
   }
   return "none";
-}
-
-/// y from one path on the packed matrix, x starting at `x` with row stride x_stride.
-matrix<float> path_product(const packed_binary_coded_matrix& w, const float* x,
-                           reparam::index batch, reparam::index x_stride, lut_mode mode,
-                           lut_path path, reparam::row_range rows) {
-  reparam::shiftadd::lut_tables tables(w, std::max<reparam::index>(batch, 1), mode);
-  tables.build(
-      reparam::const_matrix_map<float>(x, batch, w.cols(), Eigen::OuterStride<>(x_stride)));
-  matrix<float> y = matrix<float>::Constant(batch, w.rows(), -7.0f);
-  reparam::shiftadd::multiply_rows(w, tables, y, rows, path);
-  return y;
 }
 
 struct shape_case {
