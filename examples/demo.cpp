@@ -4,6 +4,7 @@
 // bundled TinyStories texts, forward speed and generated stories. --json writes the same records.
 // Later families add their own section functions next to section_baseline.
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <iostream>
@@ -22,6 +23,7 @@
 #include "common/cli.hpp"
 #include "common/resnet.hpp"
 #include "common/results.hpp"
+#include "common/scale_workbench.hpp"
 #include "common/shiftadd_workbench.hpp"
 #include "runner/eval.hpp"
 
@@ -427,6 +429,68 @@ void section_structural(context& ctx) {
             << s.max_abs_diff_double << "): " << (is_ok ? "yes" : "NO")
             << ". RepVGG rows time stage 1 only. Full table: reparam_structural_resnet\n";
 }
+void section_scale(context& ctx) {
+  print_header("scale",
+               "activation + weight quantization with exact scale folds (RepQ-ViT, "
+               "SmoothQuant, AWQ)");
+  using examples::scale_method;
+  constexpr reparam::index window = 512;
+  // Calibration on the last 8 windows of the paragraph stream, disjoint from the scored ones.
+  const std::vector<int> stream = llama::paragraph_stream(ctx.tok, ctx.valid_head_text);
+  const long windows = ctx.opts.windows < 0 ? 16 : ctx.opts.windows;
+  const auto scored = static_cast<reparam::index>(windows * window + 1);
+  const std::vector<int> eval(stream.begin(), stream.begin() + scored);
+  const examples::calibration_data calib =
+      examples::capture_calibration(ctx.model, examples::tail_windows(stream, 8, window, scored));
+  const auto ppl = [&](const llama::model& m, const examples::probability_quantizer& p) {
+    llama::runner r(m, window);
+    examples::set_probability_quantizer(r, p);
+    const llama::nll_total t = llama::score_windows(r, eval, window, windows);
+    return std::exp(t.nll_sum / static_cast<double>(t.tokens));
+  };
+  const double fp32 = ppl(ctx.model, {});
+  const auto add = [&](scale_method method, examples::quant_scheme scheme,
+                       const examples::probability_quantizer& p, const std::string& probs) {
+    llama::model m = llama::load_model(ctx.opts.model_path);
+    examples::apply_scale_recipe(m, calib, method, scheme, window);
+    const double value = ppl(m, p);
+    ctx.results.add(
+        {{"section", "scale"},
+         {"method", examples::method_name(method)},
+         {"scheme", scheme.weight_bits == 0 ? std::string("fold only")
+                                            : "W" + std::to_string(scheme.weight_bits) + "A" +
+                                                  std::to_string(scheme.act_bits)},
+         {"probabilities", probs},
+         {"ppl", value},
+         {"vs_fp32", value / fp32}});
+  };
+  ctx.results.add({{"section", "scale"},
+                   {"method", "fp32"},
+                   {"scheme", "-"},
+                   {"probabilities", "fp32"},
+                   {"ppl", fp32},
+                   {"vs_fp32", 1.0}});
+  add(scale_method::smoothquant, {0, 0}, {}, "fp32");
+  add(scale_method::repq_vit, {0, 0}, {}, "fp32");
+  for (const examples::quant_scheme scheme :
+       {examples::quant_scheme{8, 8}, examples::quant_scheme{4, 8}, examples::quant_scheme{4, 4}}) {
+    for (const scale_method method : {scale_method::rtn_percentile_act, scale_method::smoothquant,
+                                      scale_method::awq, scale_method::repq_vit}) {
+      add(method, scheme, {}, "fp32");
+    }
+  }
+  const reparam::matrix<float> samples = reparam::row_major_map(
+      calib.probabilities.data(), 1, static_cast<reparam::index>(calib.probabilities.size()));
+  reparam::scale::log_quantizer log_spec;  // log-sqrt2, 4 bits, RepQ-ViT's extra zero
+  add(scale_method::repq_vit, {4, 4}, reparam::scale::calibrate_log(samples, log_spec),
+      "log-sqrt2 4-bit");
+  ctx.results.print(std::cout, "scale");
+  std::cout << "\nweights per output row (min-max unless searched), activations (every linear "
+               "input) per tensor, static, asymmetric, percentile-calibrated; \"fold only\" rows "
+               "change the weights and norms but quantize "
+               "nothing. Full table: reparam_scale_quantize\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -477,6 +541,7 @@ int main(int argc, char** argv) {
     section_generate(ctx);
     section_shiftadd(ctx);
     section_structural(ctx);
+    section_scale(ctx);
     if (!opts.json_path.empty()) {
       ctx.results.write_json(opts.json_path);
       std::cout << "\nwrote " << ctx.results.records().size() << " records to " << opts.json_path

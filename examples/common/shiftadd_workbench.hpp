@@ -18,6 +18,7 @@
 #include <reparam/shiftadd/multiply.hpp>
 #include <reparam/shiftadd/packed.hpp>
 
+#include "common/text_split.hpp"
 #include "runner/forward.hpp"
 #include "runner/model.hpp"
 
@@ -73,32 +74,10 @@ class lut_linear final : public llama::linear_layer {
   int threads_ = 1;
 };
 
-/// Linear layers that read the same input share one Hessian: wq, wk, wv (the normed residual),
-/// wo (the attention output), w1, w3 (the normed residual of the FFN) and w2 (the gated hidden).
-inline constexpr int hessian_slots = 4;
-
-inline int hessian_slot(llama::linear_kind kind) {
-  switch (kind) {
-    case llama::linear_kind::wq:
-    case llama::linear_kind::wk:
-    case llama::linear_kind::wv:
-      return 0;
-    case llama::linear_kind::wo:
-      return 1;
-    case llama::linear_kind::w1:
-    case llama::linear_kind::w3:
-      return 2;
-    case llama::linear_kind::w2:
-      return 3;
-  }
-  return 0;
-}
-
-/// The kind whose capture call feeds a slot (the others see the same input and are skipped).
-inline bool owns_hessian(llama::linear_kind kind) {
-  return kind == llama::linear_kind::wq || kind == llama::linear_kind::wo ||
-         kind == llama::linear_kind::w1 || kind == llama::linear_kind::w2;
-}
+/// Linear layers that read the same input share one Hessian (llama::input_slot).
+inline constexpr int hessian_slots = llama::input_slot_count;
+inline int hessian_slot(llama::linear_kind kind) { return llama::input_slot(kind); }
+inline bool owns_hessian(llama::linear_kind kind) { return llama::owns_input_slot(kind); }
 
 /// H = mean of x x^T over every token of `windows` (each scored from an empty KV cache) for each
 /// linear input of the layers in [layer_begin, layer_end), indexed [layer * hessian_slots +
@@ -139,25 +118,6 @@ inline std::vector<reparam::matrix<double>> calibrate_hessians(
     }
   }
   return hessians;
-}
-
-/// The last `count` windows of `window` tokens of `stream` (aligned to its end), as inputs for
-/// calibrate_hessians: the calibration split of the examples, disjoint from evaluation windows
-/// taken from the start of the same stream as long as the stream is long enough (checked).
-inline std::vector<std::vector<int>> tail_windows(const std::vector<int>& stream,
-                                                  reparam::index count, reparam::index window,
-                                                  reparam::index reserved_head = 0) {
-  const auto total = static_cast<reparam::index>(stream.size());
-  reparam::detail::check(
-      count >= 1 && window >= 1 && reserved_head >= 0 && count * window + reserved_head <= total,
-      "examples::tail_windows", "the stream has ", total, " tokens, fewer than ", count,
-      " windows of ", window, " after the first ", reserved_head);
-  std::vector<std::vector<int>> windows;
-  for (reparam::index w = 0; w < count; ++w) {
-    const auto first = stream.end() - (count - w) * window;
-    windows.emplace_back(first, first + window);
-  }
-  return windows;
 }
 
 /// The Hessian of linear `id` in the result of calibrate_hessians.

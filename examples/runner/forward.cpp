@@ -40,6 +40,14 @@ void rms_norm(const reparam::matrix<float>& x, const Gain& gain, index rows,
   }
 }
 
+// The same plus the optional per-layer bias (row `layer` of `bias`, or nothing if it is empty).
+template <class Gain>
+void rms_norm(const reparam::matrix<float>& x, const Gain& gain, const reparam::matrix<float>& bias,
+              int layer, index rows, reparam::matrix<float>& out) {
+  rms_norm(x, gain, rows, out);
+  if (bias.size() != 0) out.topRows(rows).rowwise() += bias.row(layer);
+}
+
 }  // namespace
 
 runner::runner(const model& m, index max_batch)
@@ -113,6 +121,7 @@ void runner::attention(int layer, index count) {
         seen /= seen.sum();
         row.tail(context - visible).setZero();
       }
+      if (probability_hook_) probability_hook_(layer, static_cast<int>(h), scores);
       out.middleCols(h * head_size, head_size).noalias() =
           scores * values.block(0, kv, context, head_size);
     }
@@ -138,7 +147,7 @@ reparam::const_matrix_map<float> runner::prefill(const int* tokens, index count,
 
   for (int layer = 0; layer < config_.n_layers; ++layer) {
     // Attention block.
-    rms_norm(x_, m.rms_att().row(layer), count, xb_);
+    rms_norm(x_, m.rms_att().row(layer), m.rms_att_bias(), layer, count, xb_);
     const auto normed = input_rows(xb_, count);
     apply_linear(layer, linear_kind::wq, normed, output_rows(q_, count));
     apply_linear(layer, linear_kind::wk, normed, output_rows(k_, count));
@@ -169,7 +178,7 @@ reparam::const_matrix_map<float> runner::prefill(const int* tokens, index count,
     x_.topRows(count) += xb2_.topRows(count);
 
     // SwiGLU feed-forward block.
-    rms_norm(x_, m.rms_ffn().row(layer), count, xb_);
+    rms_norm(x_, m.rms_ffn().row(layer), m.rms_ffn_bias(), layer, count, xb_);
     const auto ffn_in = input_rows(xb_, count);
     apply_linear(layer, linear_kind::w1, ffn_in, output_rows(hb_, count));
     apply_linear(layer, linear_kind::w3, ffn_in, output_rows(hb2_, count));

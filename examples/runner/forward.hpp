@@ -18,6 +18,12 @@ namespace llama {
 /// call). wq, wk and wv share one input and each get a call. The view dies with the call.
 using capture_fn = std::function<void(linear_id id, const reparam::const_matrix_map<float>& x)>;
 
+/// Receives the attention probabilities of (layer, head) for a block of queries after the causal
+/// softmax, [queries, keys] (masked keys hold 0), and may rewrite them in place (e.g. quantize
+/// them) before they multiply the values. The view dies with the call.
+using probability_fn =
+    std::function<void(int layer, int head, reparam::matrix_map<float> probabilities)>;
+
 /// Forward state for one sequence: the KV cache and every work buffer, allocated once in the
 /// constructor. Not thread safe; use one runner per thread (they may share a const model).
 ///
@@ -55,6 +61,9 @@ class runner {
   /// branch per linear call.
   void set_capture(capture_fn fn) { capture_ = std::move(fn); }
 
+  /// Installs (or removes) the attention-probability hook; one branch per head block when unset.
+  void set_probability_hook(probability_fn fn) { probability_hook_ = std::move(fn); }
+
  private:
   void apply_linear(int layer, linear_kind kind, const reparam::const_matrix_map<float>& x,
                     reparam::matrix_map<float> y) const;
@@ -65,6 +74,7 @@ class runner {
   reparam::index max_batch_;
   reparam::index position_ = 0;
   capture_fn capture_;
+  probability_fn probability_hook_;
 
   // RoPE rotation for (position, pair): rows = positions, cols = head_size / 2.
   reparam::matrix<float> rope_cos_, rope_sin_;

@@ -148,6 +148,12 @@ model::model(const model_config& config, model_weights weights)
   check_shape(weights_.rms_att, config_.n_layers, config_.dim, "rms_att");
   check_shape(weights_.rms_ffn, config_.n_layers, config_.dim, "rms_ffn");
   check_shape(weights_.rms_final, config_.dim, 1, "rms_final");
+  if (weights_.rms_att_bias.size() != 0) {
+    check_shape(weights_.rms_att_bias, config_.n_layers, config_.dim, "rms_att_bias");
+  }
+  if (weights_.rms_ffn_bias.size() != 0) {
+    check_shape(weights_.rms_ffn_bias, config_.n_layers, config_.dim, "rms_ffn_bias");
+  }
   const auto expected = static_cast<std::size_t>(config_.n_layers) * linear_kind_count;
   reparam::detail::check(weights_.linears.size() == expected, function, "linears has ",
                          weights_.linears.size(), " matrices, expected n_layers * 7 = ", expected);
@@ -189,6 +195,20 @@ reparam::matrix_map<float> model::mutable_rms_ffn() {
 
 reparam::vector_map<float> model::mutable_rms_final() {
   return reparam::vector_map<float>(weights_.rms_final.data(), weights_.rms_final.size());
+}
+
+void model::set_norm_biases(reparam::matrix<float> att, reparam::matrix<float> ffn) {
+  constexpr const char* function = "llama::model::set_norm_biases";
+  for (const auto* bias : {&att, &ffn}) {
+    reparam::detail::check(
+        bias->size() == 0 || (bias->rows() == config_.n_layers && bias->cols() == config_.dim),
+        function, bias == &att ? "att" : "ffn", " is [", bias->rows(), ", ", bias->cols(),
+        "], expected empty or [", config_.n_layers, ", ", config_.dim, "]");
+    reparam::detail::check(bias->allFinite(), function, bias == &att ? "att" : "ffn",
+                           " has a non-finite value");
+  }
+  weights_.rms_att_bias = std::move(att);
+  weights_.rms_ffn_bias = std::move(ffn);
 }
 
 const reparam::matrix<float>& model::dense_weight(linear_id id) const {

@@ -43,6 +43,32 @@ inline constexpr std::array<linear_kind, linear_kind_count> all_linear_kinds = {
     linear_kind::wq, linear_kind::wk, linear_kind::wv, linear_kind::wo,
     linear_kind::w1, linear_kind::w2, linear_kind::w3};
 
+/// Linear layers that read the same input share an input slot: wq, wk, wv (0, the normed residual),
+/// wo (1, the attention output), w1, w3 (2, the normed residual of the FFN), w2 (3, the gated
+/// hidden). Calibration captures each slot once, from its owner's call.
+inline constexpr int input_slot_count = 4;
+inline int input_slot(linear_kind kind) {
+  switch (kind) {
+    case linear_kind::wq:
+    case linear_kind::wk:
+    case linear_kind::wv:
+      return 0;
+    case linear_kind::wo:
+      return 1;
+    case linear_kind::w1:
+    case linear_kind::w3:
+      return 2;
+    case linear_kind::w2:
+      return 3;
+  }
+  return 0;
+}
+/// The kind whose capture call owns its slot (the others see the same input).
+inline bool owns_input_slot(linear_kind kind) {
+  return kind == linear_kind::wq || kind == linear_kind::wo || kind == linear_kind::w1 ||
+         kind == linear_kind::w2;
+}
+
 /// "wq", "wk", ... (the safetensors tensor names).
 const char* kind_name(linear_kind kind);
 
@@ -106,6 +132,10 @@ struct model_weights {
   reparam::matrix<float> rms_ffn;          // [n_layers, dim]
   reparam::vector<float> rms_final;        // [dim]
   std::vector<reparam::matrix<float>> linears;
+  // Optional biases after the RMSNorm gains ("RMSNorm + bias"), [n_layers, dim] or empty (none):
+  // llama2.c has none; the shift folds of the scale family create them.
+  reparam::matrix<float> rms_att_bias;
+  reparam::matrix<float> rms_ffn_bias;
 };
 
 /// A loaded model. Move-only: the default linear layers view the model's own dense weights.
@@ -132,6 +162,12 @@ class model {
   reparam::matrix_map<float> mutable_rms_att();
   reparam::matrix_map<float> mutable_rms_ffn();
   reparam::vector_map<float> mutable_rms_final();
+
+  /// The optional norm biases ([n_layers, dim], or empty: none). set_norm_biases takes both
+  /// (each empty or [n_layers, dim]; throws reparam::error otherwise).
+  const reparam::matrix<float>& rms_att_bias() const { return weights_.rms_att_bias; }
+  const reparam::matrix<float>& rms_ffn_bias() const { return weights_.rms_ffn_bias; }
+  void set_norm_biases(reparam::matrix<float> att, reparam::matrix<float> ffn);
 
   /// The dense weight [out, in] of (layer, kind). The default layer computes with it, so in-place
   /// edits take effect there; a layer installed with set_linear does not see it.

@@ -20,10 +20,13 @@
 #include <reparam/kernels/bcq_lut_layout.hpp>
 #include <reparam/kernels/bcq_lut_tables.hpp>
 #include <reparam/kernels/reference/bcq_multiply.hpp>
+#include <reparam/kernels/reference/log_shift_matmul.hpp>
 #include <reparam/kernels/simd/bcq_lut.hpp>
 #include <reparam/kernels/simd/bcq_lut_avx2.hpp>
 #include <reparam/kernels/simd/bcq_lut_avx512.hpp>
 #include <reparam/kernels/simd/bcq_lut_generic.hpp>
+#include <reparam/kernels/simd/log_shift_matmul.hpp>
+#include <reparam/scale/scale.hpp>
 #include <reparam/shiftadd/shiftadd.hpp>
 #include <reparam/structural/structural.hpp>
 #include <reparam/version.hpp>
