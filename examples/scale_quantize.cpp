@@ -200,26 +200,10 @@ void section_probabilities(context& ctx) {
 /// by reparam::scale::multiply_shift_form and by the dequantized float product.
 void section_shift_form(context& ctx) {
   const llama::model m = load(ctx);
-  const llama::model_config& config = m.config();
-  const reparam::index head_size = config.head_size();
-  const std::vector<int>& window = ctx.calibration.front();
-  // Values V = x wv^T of the first window (slot 0 inputs of layer 0, first window's tokens).
-  const reparam::matrix<float> x = ctx.calib.input(0, 0).topRows(window_size);
-  const reparam::matrix<float> v =
-      (x * m.dense_weight({0, llama::linear_kind::wv}).transpose()).leftCols(head_size);
-  // The probabilities of head 0 for every query block of the window.
-  reparam::matrix<float> p = reparam::matrix<float>::Zero(window_size, window_size);
-  {
-    llama::runner r(m, window_size);
-    reparam::index next_row = 0;
-    r.set_probability_hook([&](int layer, int head, reparam::matrix_map<float> block) {
-      if (layer == 0 && head == 0) {
-        p.block(next_row, 0, block.rows(), block.cols()) = block;
-        next_row += block.rows();
-      }
-    });
-    r.prefill(window, false);
-  }
+  const examples::attention_operands ops =
+      examples::capture_attention(m, ctx.calibration.front(), /*layer=*/0, /*head=*/0);
+  const reparam::matrix<float>& p = ops.probabilities;
+  const reparam::matrix<float>& v = ops.values;
   for (const int bits : {4, 3}) {
     sc::log_quantizer spec;
     spec.base = sc::log_base::sqrt2;

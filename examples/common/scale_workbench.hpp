@@ -474,6 +474,41 @@ inline recipe_report apply_scale_recipe(llama::model& m, const calibration_data&
 
 // --- attention probabilities ---------------------------------------------------------------------
 
+/// The operands of one attention head's product P V over `tokens` fed from an empty KV cache in
+/// one prefill: the probabilities [T, T] (causal, zeros above the diagonal) and the head's values
+/// [T, head_size] (its KV head's columns of x wv^T, with the model's dense wv).
+struct attention_operands {
+  reparam::matrix<float> probabilities;
+  reparam::matrix<float> values;
+};
+
+inline attention_operands capture_attention(const llama::model& m, const std::vector<int>& tokens,
+                                            int layer, int head) {
+  const llama::model_config& config = m.config();
+  const auto count = static_cast<reparam::index>(tokens.size());
+  const reparam::index head_size = config.head_size();
+  const reparam::index kv_head = head / (config.n_heads / config.n_kv_heads);
+  attention_operands out;
+  out.probabilities = reparam::matrix<float>::Zero(count, count);
+  llama::runner r(m, count);
+  reparam::index next_row = 0;
+  r.set_probability_hook([&](int l, int h, reparam::matrix_map<float> block) {
+    if (l == layer && h == head) {
+      out.probabilities.block(next_row, 0, block.rows(), block.cols()) = block;
+      next_row += block.rows();
+    }
+  });
+  r.set_capture([&](llama::linear_id id, const reparam::const_matrix_map<float>& x) {
+    if (id.layer == layer && id.kind == llama::linear_kind::wv) {
+      out.values = (x * m.dense_weight(id).transpose()).middleCols(kv_head * head_size, head_size);
+    }
+  });
+  r.prefill(tokens, /*all_logits=*/false);
+  reparam::detail::check(next_row == count, "examples::capture_attention", "captured ", next_row,
+                         " query rows of ", count);
+  return out;
+}
+
 /// A quantizer for the attention probabilities: none, uniform (per tensor on [0, 1] data), or
 /// logarithmic.
 using probability_quantizer =

@@ -182,21 +182,13 @@ TEST_CASE("the shift form of P V on real attention probabilities equals the dequ
   workbench& w = bench();
   const llama::model_config& config = w.fp32.config();
   const reparam::index head_size = config.head_size();
-  const std::vector<int>& tokens = w.calibration.front();
-  const reparam::matrix<float> x = w.calib.input(0, 0).topRows(window);
-  const reparam::matrix<float> v =
-      (x * w.fp32.dense_weight({0, llama::linear_kind::wv}).transpose()).leftCols(head_size);
-  reparam::matrix<float> p = reparam::matrix<float>::Zero(window, window);
-  llama::runner r(w.fp32, window);
-  reparam::index next_row = 0;
-  r.set_probability_hook([&](int layer, int head, reparam::matrix_map<float> block) {
-    if (layer == 0 && head == 0) {
-      p.block(next_row, 0, block.rows(), block.cols()) = block;
-      next_row += block.rows();
-    }
-  });
-  r.prefill(tokens, false);
-  REQUIRE(next_row == window);
+  const examples::attention_operands ops =
+      examples::capture_attention(w.fp32, w.calibration.front(), /*layer=*/0, /*head=*/0);
+  const reparam::matrix<float>& p = ops.probabilities;
+  const reparam::matrix<float>& v = ops.values;
+  REQUIRE(p.rows() == window);
+  REQUIRE(v.rows() == window);
+  REQUIRE(v.cols() == head_size);
 
   sc::log_quantizer spec;  // log-sqrt2, 4 bits, extra zero (RepQ-ViT)
   const sc::log_quantizer q = sc::calibrate_log(p, spec);

@@ -25,58 +25,18 @@
 #include <reparam/scale/quantizer.hpp>
 
 #include "support/random.hpp"
+#include "support/scale_quantizers.hpp"
 
 namespace {
 
 using Catch::Matchers::Contains;
 using reparam::matrix;
 using namespace reparam::scale;  // NOLINT(google-build-using-namespace): test file
-
-uniform_spec spec_of(int bits, bool is_symmetric, granularity axis, reparam::index group_size = 0,
-                     rounding mode = rounding::half_even) {
-  uniform_spec spec;
-  spec.bits = bits;
-  spec.is_symmetric = is_symmetric;
-  spec.axis = axis;
-  spec.group_size = group_size;
-  spec.mode = mode;
-  return spec;
-}
-
-/// The C library's rounding in the default environment.
-template <class Scalar>
-Scalar library_round(Scalar x, rounding mode) {
-  switch (mode) {
-    case rounding::half_even:
-      return std::nearbyint(x);
-    case rounding::half_away_from_zero:
-      return std::round(x);
-    case rounding::half_up:
-      return static_cast<Scalar>(std::floor(static_cast<long double>(x) + 0.5L));
-    case rounding::floor:
-      return std::floor(x);
-  }
-  return x;
-}
-
-/// One slot's parameters by the documented range rule, written out here (float arithmetic).
-struct params {
-  float scale;
-  float zero;
-};
-
-params oracle_params(float lo, float hi, const uniform_spec& spec) {
-  if (spec.is_symmetric) {
-    const float m = std::fabs(lo) > std::fabs(hi) ? std::fabs(lo) : std::fabs(hi);
-    const float scale = m / static_cast<float>((1 << (spec.bits - 1)) - 1);
-    return {scale < 1e-8f ? 1e-8f : scale, 0.0f};
-  }
-  const float low = lo < 0.0f ? lo : 0.0f;
-  const float high = hi > 0.0f ? hi : 0.0f;
-  float scale = (high - low) / static_cast<float>((1 << spec.bits) - 1);
-  scale = scale < 1e-8f ? 1e-8f : scale;
-  return {scale, std::nearbyint(-low / scale) + 0.0f};
-}
+using reparam::test::library_round;
+using reparam::test::oracle_params;
+using reparam::test::spec_of;
+/// One slot's parameters (oracle_params: the documented range rule, in float arithmetic).
+using params = reparam::test::slot_params;
 
 /// x_hat of one value: scale * (clamp(round(x / scale) + zero) - zero) in Scalar.
 template <class Scalar>

@@ -17,23 +17,16 @@
 #include <catch2/catch.hpp>
 
 #include <reparam/core/error.hpp>
-#include <reparam/core/random.hpp>
 #include <reparam/core/views.hpp>
 #include <reparam/scale/fold.hpp>
 
 #include "support/random.hpp"
+#include "support/scale_oracles.hpp"
 
 namespace {
 
 using Catch::Matchers::Contains;
-using reparam::matrix;
-using reparam::vector;
-using reparam::scale::channel_affine;
-using reparam::scale::linear;
-using reparam::scale::norm_affine;
-
-// Unit roundoff of float: every folded parameter is one double value rounded once to float.
-constexpr double float_unit_roundoff = 0x1p-24;
+using namespace reparam::test;  // NOLINT(google-build-using-namespace): test file
 
 // Tolerance of a folded network against its unfolded oracle, per output, as a multiple of
 // float_unit_roundoff times the output's magnitude bound M_i (the same network evaluated on
@@ -44,54 +37,6 @@ constexpr double float_unit_roundoff = 0x1p-24;
 // <= 2u M, so 3u M leaves 50% headroom and still fails on any real error (a wrong r or t moves
 // outputs by O(M)).
 constexpr double fold_tolerance_factor = 3.0;
-
-/// Uniform doubles from one Philox stream: data depends only on the seed and the order of draws.
-class rng_stream {
- public:
-  explicit rng_stream(std::uint64_t seed) : engine_(seed, 0) {}
-
-  double uniform(double lo, double hi) {
-    const std::uint32_t high = engine_();
-    const std::uint32_t low = engine_();
-    return lo + (hi - lo) * reparam::uniform_open01_double(high, low);
-  }
-
-  /// 10^U(lo_exp, hi_exp): positive scales spread over decades.
-  double log_uniform(double lo_exp, double hi_exp) {
-    return std::pow(10.0, uniform(lo_exp, hi_exp));
-  }
-
- private:
-  reparam::philox_engine engine_;
-};
-
-matrix<double> random_dense(rng_stream& rng, reparam::index rows, reparam::index cols, double lo,
-                            double hi) {
-  matrix<double> m(rows, cols);
-  for (reparam::index i = 0; i < rows; ++i) {
-    for (reparam::index j = 0; j < cols; ++j) {
-      m(i, j) = rng.uniform(lo, hi);
-    }
-  }
-  return m;
-}
-
-vector<float> random_vector(rng_stream& rng, reparam::index size, double lo, double hi) {
-  vector<float> v(size);
-  for (reparam::index i = 0; i < size; ++i) {
-    v[i] = static_cast<float>(rng.uniform(lo, hi));
-  }
-  return v;
-}
-
-linear random_linear(rng_stream& rng, reparam::index out, reparam::index in, bool has_bias) {
-  linear l;
-  l.weight = random_dense(rng, out, in, -1.0, 1.0).cast<float>();
-  if (has_bias) {
-    l.bias = random_vector(rng, out, -0.5, 0.5);
-  }
-  return l;
-}
 
 /// r = 10^U(-2, 2) per channel, t = U(-2, 2) (or no shift).
 channel_affine random_affine(rng_stream& rng, reparam::index channels, bool has_shift) {
@@ -174,27 +119,27 @@ matrix<double> apply_affine(const matrix<double>& n, const norm_affine& norm) {
   return x;
 }
 
-/// y[t, i] = sum_j W[i, j] x[t, j] + b[i], with explicit loops in double.
-matrix<double> run_linear(const matrix<double>& x, const linear& l) {
-  matrix<double> y(x.rows(), l.weight.rows());
-  for (reparam::index t = 0; t < x.rows(); ++t) {
-    for (reparam::index i = 0; i < l.weight.rows(); ++i) {
-      double acc = l.bias.size() != 0 ? static_cast<double>(l.bias[i]) : 0.0;
-      for (reparam::index j = 0; j < x.cols(); ++j) {
-        acc += static_cast<double>(l.weight(i, j)) * x(t, j);
-      }
-      y(t, i) = acc;
-    }
-  }
-  return y;
-}
-
 /// The magnitude twin of run_linear: |W| |x| + |b|.
 matrix<double> run_linear_abs(const matrix<double>& x_abs, const linear& l) {
   linear a;
   a.weight = l.weight.cwiseAbs();
   a.bias = l.bias.cwiseAbs();
   return run_linear(x_abs, a);
+}
+
+/// A norm's output x = n * gain + bias, the folded norm's output x_folded, and the magnitude
+/// |n| |gain| + |bias| of x (without the shift; the callers with one add 2 |t|).
+struct norm_outputs {
+  matrix<double> x;
+  matrix<double> x_folded;
+  matrix<double> x_abs;
+};
+
+norm_outputs run_norm(const matrix<double>& n, const norm_affine& norm, const norm_affine& folded) {
+  norm_affine abs_norm;
+  abs_norm.gain = norm.gain.cwiseAbs();
+  abs_norm.bias = norm.bias.cwiseAbs();
+  return {apply_affine(n, norm), apply_affine(n, folded), apply_affine(n.cwiseAbs(), abs_norm)};
 }
 
 /// |t| broadcast over tokens (zero when there is no shift).
@@ -273,14 +218,6 @@ matrix<double> random_stochastic(rng_stream& rng, reparam::index tokens) {
 }
 
 double silu(double x) { return x / (1.0 + std::exp(-x)); }
-
-bool same(const linear& a, const linear& b) {
-  return a.weight == b.weight && a.bias.size() == b.bias.size() && a.bias == b.bias;
-}
-
-bool same(const norm_affine& a, const norm_affine& b) {
-  return a.gain == b.gain && a.bias.size() == b.bias.size() && a.bias == b.bias;
-}
 
 }  // namespace
 
@@ -389,15 +326,9 @@ TEST_CASE("fold_channel_affine leaves a LayerNorm -> q, k, v block unchanged", "
   REQUIRE((folded.norm.bias.size() != 0) == (has_norm_bias || has_shift));
   REQUIRE((folded.consumers[1].bias.size() != 0) == has_shift);
 
-  const matrix<double> n = layer_norm(z);
-  const matrix<double> x = apply_affine(n, norm);
-  const matrix<double> x_folded = apply_affine(n, folded.norm);
+  const auto [x, x_folded, x_norm_abs] = run_norm(layer_norm(z), norm, folded.norm);
   // Magnitude of an input channel: |n g| + |b| + 2 |t| (the shift enters bias' and c').
-  norm_affine abs_norm;
-  abs_norm.gain = norm.gain.cwiseAbs();
-  abs_norm.bias = norm.bias.cwiseAbs();
-  const matrix<double> x_abs =
-      apply_affine(n.cwiseAbs(), abs_norm) + 2.0 * shift_rows(affine, tokens, channels);
+  const matrix<double> x_abs = x_norm_abs + 2.0 * shift_rows(affine, tokens, channels);
   for (std::size_t i = 0; i < consumers.size(); ++i) {
     CAPTURE(i);
     const matrix<double> y = run_linear(x, consumers[i]);
@@ -478,13 +409,8 @@ TEST_CASE("fold_channel_affine leaves an RMSNorm -> w1, w3 SwiGLU input unchange
   REQUIRE((folded.norm.bias.size() != 0) == has_shift);
   REQUIRE((folded.consumers[0].bias.size() != 0) == has_shift);
 
-  const matrix<double> n = rms_norm(z);
-  const matrix<double> x = apply_affine(n, norm);
-  const matrix<double> x_folded = apply_affine(n, folded.norm);
-  norm_affine abs_norm;
-  abs_norm.gain = norm.gain.cwiseAbs();
-  const matrix<double> x_abs =
-      apply_affine(n.cwiseAbs(), abs_norm) + 2.0 * shift_rows(affine, tokens, channels);
+  const auto [x, x_folded, x_norm_abs] = run_norm(rms_norm(z), norm, folded.norm);
+  const matrix<double> x_abs = x_norm_abs + 2.0 * shift_rows(affine, tokens, channels);
   const matrix<double> gate = run_linear(x, w1);
   const matrix<double> up = run_linear(x, w3);
   const matrix<double> gate_folded = run_linear(x_folded, folded.consumers[0]);
@@ -632,13 +558,7 @@ TEST_CASE("fold_norm_gain leaves unit gains and an unchanged block, negative gai
   REQUIRE(folded.norm.bias.size() == norm.bias.size());
   REQUIRE(folded.consumers[1].bias.size() == 0);
 
-  const matrix<double> n = layer_norm(z);
-  const matrix<double> x = apply_affine(n, norm);
-  const matrix<double> x_folded = apply_affine(n, folded.norm);
-  norm_affine abs_norm;
-  abs_norm.gain = norm.gain.cwiseAbs();
-  abs_norm.bias = norm.bias.cwiseAbs();
-  const matrix<double> x_abs = apply_affine(n.cwiseAbs(), abs_norm);
+  const auto [x, x_folded, x_abs] = run_norm(layer_norm(z), norm, folded.norm);
   const std::vector<linear> originals = {q, k};
   for (std::size_t i = 0; i < 2; ++i) {
     const fold_check check =

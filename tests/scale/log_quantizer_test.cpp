@@ -21,6 +21,7 @@
 #include <reparam/scale/log_quantizer.hpp>
 
 #include "support/random.hpp"
+#include "support/scale_quantizers.hpp"
 
 namespace {
 
@@ -28,15 +29,7 @@ namespace sc = reparam::scale;
 using Catch::Matchers::Contains;
 using reparam::index;
 using reparam::matrix;
-
-sc::log_quantizer make_quantizer(sc::log_base base, int bits, sc::zero_policy zeros, float scale) {
-  sc::log_quantizer q;
-  q.base = base;
-  q.bits = bits;
-  q.zeros = zeros;
-  q.scale = scale;
-  return q;
-}
+using reparam::test::make_log_quantizer;
 
 constexpr sc::log_base two = sc::log_base::two;
 constexpr sc::log_base sqrt2 = sc::log_base::sqrt2;
@@ -79,16 +72,16 @@ TEST_CASE("log quantizers have the documented levels, zero codes and shifts",
           "[scale][log_quantizer]") {
   // extra_zero: 2^b levels and the zero code 2^b; reserve_top_code: 2^b - 1 levels and the zero
   // code 2^b - 1 (an honest b-bit code). Both: zero code == levels().
-  CHECK(make_quantizer(sqrt2, 4, extra, 1.0f).levels() == 16);
-  CHECK(make_quantizer(sqrt2, 4, extra, 1.0f).zero_code() == 16);
-  CHECK(make_quantizer(sqrt2, 4, reserve, 1.0f).levels() == 15);
-  CHECK(make_quantizer(sqrt2, 4, reserve, 1.0f).zero_code() == 15);
-  CHECK(make_quantizer(two, 7, extra, 1.0f).zero_code() == 128);
-  CHECK(make_quantizer(two, 8, reserve, 1.0f).levels() == 255);
-  CHECK(make_quantizer(two, 8, reserve, 1.0f).zero_code() == 255);
-  CHECK(make_quantizer(two, 1, reserve, 1.0f).levels() == 1);
+  CHECK(make_log_quantizer(sqrt2, 4, extra, 1.0f).levels() == 16);
+  CHECK(make_log_quantizer(sqrt2, 4, extra, 1.0f).zero_code() == 16);
+  CHECK(make_log_quantizer(sqrt2, 4, reserve, 1.0f).levels() == 15);
+  CHECK(make_log_quantizer(sqrt2, 4, reserve, 1.0f).zero_code() == 15);
+  CHECK(make_log_quantizer(two, 7, extra, 1.0f).zero_code() == 128);
+  CHECK(make_log_quantizer(two, 8, reserve, 1.0f).levels() == 255);
+  CHECK(make_log_quantizer(two, 8, reserve, 1.0f).zero_code() == 255);
+  CHECK(make_log_quantizer(two, 1, reserve, 1.0f).levels() == 1);
   // sqrt2 level q: shift ceil(q / 2), odd levels carry sqrt2: q = 5 -> 2^-3 * sqrt2 = 2^-2.5.
-  const sc::log_quantizer s = make_quantizer(sqrt2, 4, extra, 1.0f);
+  const sc::log_quantizer s = make_log_quantizer(sqrt2, 4, extra, 1.0f);
   CHECK(s.shift_of(0) == 0);
   CHECK(s.shift_of(1) == 1);
   CHECK(s.shift_of(2) == 1);
@@ -96,13 +89,13 @@ TEST_CASE("log quantizers have the documented levels, zero codes and shifts",
   CHECK_FALSE(s.is_odd(4));
   CHECK(s.is_odd(5));
   // log2 level q: shift q, never odd.
-  const sc::log_quantizer t = make_quantizer(two, 4, extra, 1.0f);
+  const sc::log_quantizer t = make_log_quantizer(two, 4, extra, 1.0f);
   CHECK(t.shift_of(5) == 5);
   CHECK_FALSE(t.is_odd(5));
 }
 
 TEST_CASE("encode gives the hand-computed codes", "[scale][log_quantizer]") {
-  const sc::log_quantizer t = make_quantizer(two, 4, extra, 1.0f);
+  const sc::log_quantizer t = make_log_quantizer(two, 4, extra, 1.0f);
   // -log2(0.25) = 2 -> level 2, value 0.25.
   CHECK(code_of(0.25f, t) == 2);
   // -log2(0.3) = 1.737 -> 2 (value 0.25).
@@ -112,7 +105,7 @@ TEST_CASE("encode gives the hand-computed codes", "[scale][log_quantizer]") {
   CHECK(code_of(0.7f, t) == 1);
   CHECK(code_of(0.71f, t) == 0);
 
-  const sc::log_quantizer s = make_quantizer(sqrt2, 4, extra, 1.0f);
+  const sc::log_quantizer s = make_log_quantizer(sqrt2, 4, extra, 1.0f);
   // -2 log2(0.3) = 3.474 -> level 3, value 2^-1.5 = 0.35355339.
   CHECK(code_of(0.3f, s) == 3);
   CHECK(value_of(3, s) == Approx(0.35355339).epsilon(1e-7));
@@ -123,12 +116,12 @@ TEST_CASE("encode gives the hand-computed codes", "[scale][log_quantizer]") {
   CHECK(code_of(std::exp2(-7.6f), s) == 15);
   CHECK(value_of(15, s) == Approx(0.0055242717).epsilon(1e-7));
 
-  const sc::log_quantizer h = make_quantizer(sqrt2, 4, extra, 0.5f);
+  const sc::log_quantizer h = make_log_quantizer(sqrt2, 4, extra, 0.5f);
   // x / scale = 0.2: -2 log2(0.2) = 4.644 -> 5, value 0.5 * 2^-2.5 = 0.088388348.
   CHECK(code_of(0.1f, h) == 5);
   CHECK(value_of(5, h) == Approx(0.088388348).epsilon(1e-7));
 
-  const sc::log_quantizer r = make_quantizer(sqrt2, 4, reserve, 1.0f);
+  const sc::log_quantizer r = make_log_quantizer(sqrt2, 4, reserve, 1.0f);
   // reserve_top_code: last level 14. 2^-7 -> 14 (value 2^-7); 2^-7.5 -> 15 > 14: zero code 15.
   CHECK(code_of(std::exp2(-7.0f), r) == 14);
   CHECK(value_of(14, r) == std::exp2(-7.0f));
@@ -140,7 +133,7 @@ TEST_CASE("values at or above the scale clip to level 0 and zero maps to the zer
           "[scale][log_quantizer]") {
   for (const sc::log_base base : {two, sqrt2}) {
     for (const sc::zero_policy zeros : {extra, reserve}) {
-      const sc::log_quantizer q = make_quantizer(base, 3, zeros, 0.8f);
+      const sc::log_quantizer q = make_log_quantizer(base, 3, zeros, 0.8f);
       CAPTURE(static_cast<int>(base), static_cast<int>(zeros));
       CHECK(code_of(0.8f, q) == 0);
       CHECK(code_of(5.0f, q) == 0);
@@ -161,7 +154,7 @@ TEST_CASE("level values equal scale * 2^(-q/2) and every normal grid point round
     for (const sc::zero_policy zeros : {extra, reserve}) {
       for (int bits = 1; bits <= (zeros == extra ? 7 : 8); ++bits) {
         for (const float scale : {1.0f, 0.37f, 1024.0f, 3e5f, 1e-3f}) {
-          const sc::log_quantizer q = make_quantizer(base, bits, zeros, scale);
+          const sc::log_quantizer q = make_log_quantizer(base, bits, zeros, scale);
           CAPTURE(static_cast<int>(base), static_cast<int>(zeros), bits, scale);
           sc::log_code_matrix codes(1, q.levels() + 1);
           for (int level = 0; level <= q.levels(); ++level) {
@@ -200,7 +193,7 @@ TEST_CASE("codes change at the geometric midpoints between levels", "[scale][log
     for (const sc::zero_policy zeros : {extra, reserve}) {
       for (int bits = 1; bits <= 7; ++bits) {
         const float scale = base == two ? 1024.0f : 1.0f;  // every midpoint is a normal float
-        const sc::log_quantizer q = make_quantizer(base, bits, zeros, scale);
+        const sc::log_quantizer q = make_log_quantizer(base, bits, zeros, scale);
         const long double step = base == sqrt2 ? 0.5L : 1.0L;
         for (int level = 0; level < q.levels(); ++level) {
           const long double mid = static_cast<long double>(scale) *
@@ -242,7 +235,7 @@ TEST_CASE("encode_rows writes only its range and fake_quantize equals decode(enc
   const matrix<float> x = reparam::test::random_matrix<float>(9, 13, seed, 0.0f, 1.5f);
   for (const sc::log_base base : {two, sqrt2}) {
     for (const sc::zero_policy zeros : {extra, reserve}) {
-      const sc::log_quantizer q = make_quantizer(base, 3, zeros, 0.9f);
+      const sc::log_quantizer q = make_log_quantizer(base, 3, zeros, 0.9f);
       sc::log_code_matrix codes(9, 13);
       sc::encode(x, q, codes);
       matrix<float> decoded(9, 13);
@@ -314,8 +307,9 @@ TEST_CASE("log-sqrt2 has a smaller error than log2 on softmax rows at the same b
   for (int bits = 4; bits <= 7; ++bits) {
     for (const sc::zero_policy zeros : {extra, reserve}) {
       CAPTURE(bits, static_cast<int>(zeros));
-      const sc::log_quantizer qs = sc::calibrate_log(p, make_quantizer(sqrt2, bits, zeros, 1.0f));
-      const sc::log_quantizer qt = sc::calibrate_log(p, make_quantizer(two, bits, zeros, 1.0f));
+      const sc::log_quantizer qs =
+          sc::calibrate_log(p, make_log_quantizer(sqrt2, bits, zeros, 1.0f));
+      const sc::log_quantizer qt = sc::calibrate_log(p, make_log_quantizer(two, bits, zeros, 1.0f));
       matrix<float> fs(p.rows(), p.cols());
       matrix<float> ft(p.rows(), p.cols());
       sc::fake_quantize(p, qs, fs);
@@ -377,7 +371,7 @@ TEST_CASE("calibrate_log picks the percentile scale with the smallest MSE",
       for (const sc::log_base base : {two, sqrt2}) {
         const matrix<float> p = softmax_rows(8, 61, sigma, seed + static_cast<std::uint64_t>(bits));
         std::vector<double> values(p.data(), p.data() + p.size());
-        sc::log_quantizer spec = make_quantizer(base, bits, extra, -3.0f);  // scale ignored
+        sc::log_quantizer spec = make_log_quantizer(base, bits, extra, -3.0f);  // scale ignored
         const sc::log_quantizer got = sc::calibrate_log(p, spec, percentiles);
         CAPTURE(sigma, bits, static_cast<int>(base), got.scale);
         CHECK(got.base == base);
@@ -406,7 +400,7 @@ TEST_CASE("calibrate_log uses numpy's linear quantile", "[scale][log_quantizer]"
   // 0.3 + 0.6 * (0.4 - 0.3) = 0.36; p = 0.5 at position 2: 0.2.
   matrix<double> x(1, 5);
   x << 0.3, 0.0, 0.4, 0.1, 0.2;
-  const sc::log_quantizer spec = make_quantizer(sqrt2, 4, extra, 1.0f);
+  const sc::log_quantizer spec = make_log_quantizer(sqrt2, 4, extra, 1.0f);
   CHECK(sc::calibrate_log(x, spec, {0.9}).scale == Approx(0.36).epsilon(1e-7));
   CHECK(sc::calibrate_log(x, spec, {0.5}).scale == 0.2f);
   // p = 0.1 gives the quantile 0.04; p = 0 gives 0, which is skipped (not a valid scale).
@@ -415,7 +409,7 @@ TEST_CASE("calibrate_log uses numpy's linear quantile", "[scale][log_quantizer]"
 
 TEST_CASE("log quantizer entry points refuse bad arguments before writing",
           "[scale][log_quantizer]") {
-  const sc::log_quantizer q = make_quantizer(sqrt2, 4, extra, 1.0f);
+  const sc::log_quantizer q = make_log_quantizer(sqrt2, 4, extra, 1.0f);
   matrix<float> x = matrix<float>::Constant(2, 3, 0.5f);
   sc::log_code_matrix codes = sc::log_code_matrix::Constant(2, 3, 99);
   matrix<float> out = matrix<float>::Constant(2, 3, 7.0f);
@@ -445,17 +439,17 @@ TEST_CASE("log quantizer entry points refuse bad arguments before writing",
 
   // Quantizer parameters.
   for (const int bits : {0, 8, 9}) {
-    const sc::log_quantizer b = make_quantizer(sqrt2, bits, extra, 1.0f);
+    const sc::log_quantizer b = make_log_quantizer(sqrt2, bits, extra, 1.0f);
     REQUIRE_THROWS_WITH(sc::encode(x, b, codes),
                         Contains("scale::encode") && Contains("bits ") && Contains("[1, 7]"));
   }
-  REQUIRE_THROWS_WITH(sc::encode(x, make_quantizer(two, 9, reserve, 1.0f), codes),
+  REQUIRE_THROWS_WITH(sc::encode(x, make_log_quantizer(two, 9, reserve, 1.0f), codes),
                       Contains("[1, 8]"));
-  REQUIRE_NOTHROW(sc::check_log_quantizer(make_quantizer(two, 8, reserve, 1.0f), "f"));
+  REQUIRE_NOTHROW(sc::check_log_quantizer(make_log_quantizer(two, 8, reserve, 1.0f), "f"));
   for (const float scale : {0.0f, -1.0f, std::numeric_limits<float>::quiet_NaN(),
                             std::numeric_limits<float>::infinity()}) {
     const sc::log_code_matrix zero_codes = sc::log_code_matrix::Zero(2, 3);
-    REQUIRE_THROWS_WITH(sc::decode(zero_codes, make_quantizer(sqrt2, 4, extra, scale), out),
+    REQUIRE_THROWS_WITH(sc::decode(zero_codes, make_log_quantizer(sqrt2, 4, extra, scale), out),
                         Contains("scale::decode") && Contains("log_quantizer.scale"));
   }
   sc::log_quantizer weird = q;

@@ -33,6 +33,7 @@
 
 #include "support/count_allocations.hpp"
 #include "support/random.hpp"
+#include "support/scale_quantizers.hpp"
 
 namespace {
 
@@ -59,14 +60,10 @@ class source {
   reparam::philox_engine engine_;
 };
 
+/// The kernel tests' log quantizer: scale 0.75 unless given.
 sc::log_quantizer make_quantizer(sc::log_base base, int bits, sc::zero_policy zeros,
                                  float scale = 0.75f) {
-  sc::log_quantizer q;
-  q.base = base;
-  q.bits = bits;
-  q.zeros = zeros;
-  q.scale = scale;
-  return q;
+  return reparam::test::make_log_quantizer(base, bits, zeros, scale);
 }
 
 /// Codes of a [rows, inner] matrix: each entry is the zero code with probability zero_share,

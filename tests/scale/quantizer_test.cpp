@@ -22,6 +22,7 @@
 
 #include "support/count_allocations.hpp"
 #include "support/random.hpp"
+#include "support/scale_quantizers.hpp"
 
 namespace {
 
@@ -29,6 +30,8 @@ using Catch::Matchers::Contains;
 using reparam::matrix;
 using reparam::row_range;
 using namespace reparam::scale;  // NOLINT(google-build-using-namespace): test file
+using reparam::test::library_round;
+using reparam::test::spec_of;
 
 constexpr rounding all_modes[] = {rounding::half_even, rounding::half_away_from_zero,
                                   rounding::half_up, rounding::floor};
@@ -45,24 +48,6 @@ const char* mode_name(rounding mode) {
       return "floor";
   }
   return "?";
-}
-
-/// The rounding oracle: the C library in the default environment (round to nearest even).
-template <class Scalar>
-Scalar library_round(Scalar x, rounding mode) {
-  switch (mode) {
-    case rounding::half_even:
-      return std::nearbyint(x);
-    case rounding::half_away_from_zero:
-      return std::round(x);
-    case rounding::half_up:
-      // x + 0.5 is exact in long double (64-bit significand) for every float and double here.
-      // reparam's convention gives a zero result the sign of x (floor(-0.3 + 0.5) is +0).
-      return std::copysign(static_cast<Scalar>(std::floor(static_cast<long double>(x) + 0.5L)), x);
-    case rounding::floor:
-      return std::floor(x);
-  }
-  return x;
 }
 
 /// Bitwise equality that also tells -0.0 from +0.0.
@@ -253,31 +238,20 @@ uniform_quantizer oracle_minmax(const matrix<Scalar>& x, const uniform_spec& spe
   q.zero_point.resize(slots);
   for (reparam::index s = 0; s < slots; ++s) {
     const auto u = static_cast<std::size_t>(s);
-    if (spec.is_symmetric) {
-      const float m = std::fabs(lo[u]) > std::fabs(hi[u]) ? std::fabs(lo[u]) : std::fabs(hi[u]);
-      const float scale = m / static_cast<float>((1 << (spec.bits - 1)) - 1);
-      q.scale[s] = scale < 1e-8f ? 1e-8f : scale;
-      q.zero_point[s] = 0.0f;
-    } else {
-      const float low = lo[u] < 0.0f ? lo[u] : 0.0f;
-      const float high = hi[u] > 0.0f ? hi[u] : 0.0f;
-      const float scale = (high - low) / static_cast<float>((1 << spec.bits) - 1);
-      q.scale[s] = scale < 1e-8f ? 1e-8f : scale;
-      q.zero_point[s] = std::nearbyint(-low / q.scale[s]) + 0.0f;
-    }
+    const reparam::test::slot_params p = reparam::test::oracle_params(lo[u], hi[u], spec);
+    q.scale[s] = p.scale;
+    q.zero_point[s] = p.zero;
   }
   return q;
 }
 
-uniform_spec spec_of(int bits, bool is_symmetric, granularity axis, reparam::index group_size = 0,
-                     rounding mode = rounding::half_even) {
-  uniform_spec spec;
-  spec.bits = bits;
-  spec.is_symmetric = is_symmetric;
-  spec.axis = axis;
-  spec.group_size = group_size;
-  spec.mode = mode;
-  return spec;
+/// A per-tensor quantizer with the given scale and zero point.
+uniform_quantizer per_tensor_quantizer(int bits, bool is_symmetric, float scale, float zero) {
+  uniform_quantizer q;
+  q.spec = spec_of(bits, is_symmetric, granularity::per_tensor);
+  q.scale = Eigen::VectorXf::Constant(1, scale);
+  q.zero_point = Eigen::VectorXf::Constant(1, zero);
+  return q;
 }
 
 /// Random data with per-row offsets and spreads, so slots differ (some all positive, some all
@@ -764,10 +738,7 @@ TEST_CASE("fake_quantize_ste_mask passes the gradient inside the clamp range onl
   // outside; round(-7.5) = -8 outside; round(-7.49) = -7 inside; 0 and 6.6 inside; 100 outside.
   matrix<float> x(2, 4);
   x << 7.4f, 7.5f, -7.5f, -7.49f, 0.0f, 6.6f, 100.0f, -100.0f;
-  uniform_quantizer q;
-  q.spec = spec_of(4, true, granularity::per_tensor);
-  q.scale = Eigen::VectorXf::Constant(1, 1.0f);
-  q.zero_point = Eigen::VectorXf::Zero(1);
+  const uniform_quantizer q = per_tensor_quantizer(4, true, 1.0f, 0.0f);
   matrix<float> mask(2, 4);
   fake_quantize_ste_mask(x, q, mask);
   matrix<float> expected(2, 4);
@@ -777,10 +748,7 @@ TEST_CASE("fake_quantize_ste_mask passes the gradient inside the clamp range onl
   // when they round inwards): -0.75 / 0.5 = -1.5 -> -2 + 1 = -1 outside; -0.7 -> -1 + 1 = 0 in.
   matrix<double> y(1, 4);
   y << -0.75, -0.7, 1.25, 1.3;
-  uniform_quantizer a;
-  a.spec = spec_of(2, false, granularity::per_tensor);
-  a.scale = Eigen::VectorXf::Constant(1, 0.5f);
-  a.zero_point = Eigen::VectorXf::Constant(1, 1.0f);
+  const uniform_quantizer a = per_tensor_quantizer(2, false, 0.5f, 1.0f);
   matrix<double> mask_d(1, 4);
   fake_quantize_ste_mask(y, a, mask_d);
   // 1.25 / 0.5 = 2.5 -> 2 (even) + 1 = 3 inside; 1.3 / 0.5 = 2.6 -> 3 + 1 = 4 outside.
@@ -795,10 +763,7 @@ TEST_CASE("fake_quantize accepts a non-integer zero point but quantize refuses i
   // RepQ-ViT's official un-rounded mean zero point: x_hat = s * (clamp(round(x / s) + z) - z).
   matrix<float> x(1, 3);
   x << 0.0f, 1.0f, 100.0f;
-  uniform_quantizer q;
-  q.spec = spec_of(4, false, granularity::per_tensor);
-  q.scale = Eigen::VectorXf::Constant(1, 1.0f);
-  q.zero_point = Eigen::VectorXf::Constant(1, 2.5f);
+  const uniform_quantizer q = per_tensor_quantizer(4, false, 1.0f, 2.5f);
   matrix<float> out(1, 3);
   fake_quantize(x, q, out);
   // 0 -> 0 + 2.5 = 2.5 -> 0; 1 -> 3.5 -> 1; 100 -> 102.5 -> clamp 15 -> 12.5.

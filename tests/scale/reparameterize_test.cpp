@@ -18,53 +18,18 @@
 #include <catch2/catch.hpp>
 
 #include <reparam/core/error.hpp>
-#include <reparam/core/random.hpp>
 #include <reparam/core/views.hpp>
 #include <reparam/scale/fold.hpp>
 #include <reparam/scale/reparameterize.hpp>
 
 #include "support/random.hpp"
+#include "support/scale_oracles.hpp"
 
 namespace {
 
 using Catch::Matchers::Contains;
-using reparam::matrix;
-using reparam::vector;
-using reparam::scale::channel_affine;
-using reparam::scale::linear;
-using reparam::scale::norm_affine;
 using reparam::scale::uniform_quantizer;
-
-constexpr double float_unit_roundoff = 0x1p-24;
-
-/// Uniform doubles from one Philox stream.
-class rng_stream {
- public:
-  explicit rng_stream(std::uint64_t seed) : engine_(seed, 0) {}
-
-  double uniform(double lo, double hi) {
-    const std::uint32_t high = engine_();
-    const std::uint32_t low = engine_();
-    return lo + (hi - lo) * reparam::uniform_open01_double(high, low);
-  }
-
-  double log_uniform(double lo_exp, double hi_exp) {
-    return std::pow(10.0, uniform(lo_exp, hi_exp));
-  }
-
- private:
-  reparam::philox_engine engine_;
-};
-
-matrix<float> random_weight(rng_stream& rng, reparam::index rows, reparam::index cols) {
-  matrix<float> w(rows, cols);
-  for (reparam::index i = 0; i < rows; ++i) {
-    for (reparam::index j = 0; j < cols; ++j) {
-      w(i, j) = static_cast<float>(rng.uniform(-1.0, 1.0));
-    }
-  }
-  return w;
-}
+using namespace reparam::test;  // NOLINT(google-build-using-namespace): test file
 
 /// LayerNorm-output-like activations [tokens, channels]: each channel its own center and range
 /// (ranges over three decades), as after a LayerNorm's gain and bias.
@@ -128,21 +93,6 @@ matrix<float> fake_quantize_rows(const matrix<float>& w, int bits) {
     }
   }
   return out;
-}
-
-/// y[t, i] = sum_j W[i, j] x[t, j] + b[i] in double.
-matrix<double> run_linear(const matrix<double>& x, const matrix<float>& w, const vector<float>& b) {
-  matrix<double> y(x.rows(), w.rows());
-  for (reparam::index t = 0; t < x.rows(); ++t) {
-    for (reparam::index i = 0; i < w.rows(); ++i) {
-      double acc = b.size() != 0 ? static_cast<double>(b[i]) : 0.0;
-      for (reparam::index j = 0; j < x.cols(); ++j) {
-        acc += static_cast<double>(w(i, j)) * x(t, j);
-      }
-      y(t, i) = acc;
-    }
-  }
-  return y;
 }
 
 /// (x - t) / r per column, in double.
@@ -322,11 +272,7 @@ TEST_CASE(
   const vector<float> b_abs = layer.bias.cwiseAbs();
   const matrix<double> bound = run_linear(x_hat.cwiseAbs(), w_abs, b_abs).rowwise() +
                                2.0 * run_linear(t_abs, w_abs, vector<float>()).row(0);
-  double worst = 0.0;
-  for (reparam::index i = 0; i < y.size(); ++i) {
-    worst = std::max(worst, std::abs(y_folded.data()[i] - y.data()[i]) /
-                                (float_unit_roundoff * bound.data()[i]));
-  }
+  const double worst = worst_roundoff_ratio(y_folded, y, bound);
   CAPTURE(worst);
   REQUIRE(worst <= 3.0);
 
@@ -595,11 +541,7 @@ TEST_CASE(
       x_abs.col(ch).array() += 2.0 * std::abs(let.shift[ch]);
     }
     const matrix<double> bound = run_linear(x_abs, q.cwiseAbs(), vector<float>());
-    double worst = 0.0;
-    for (reparam::index i = 0; i < y.size(); ++i) {
-      worst = std::max(worst, std::abs(y_folded.data()[i] - y.data()[i]) /
-                                  (float_unit_roundoff * bound.data()[i]));
-    }
+    const double worst = worst_roundoff_ratio(y_folded, y, bound);
     CAPTURE(worst);
     REQUIRE(worst <= 3.0);
   }

@@ -17,12 +17,12 @@
 #include <catch2/catch.hpp>
 
 #include <reparam/core/error.hpp>
-#include <reparam/core/random.hpp>
 #include <reparam/core/views.hpp>
 #include <reparam/scale/fold.hpp>
 #include <reparam/scale/rotation.hpp>
 
 #include "support/random.hpp"
+#include "support/scale_oracles.hpp"
 
 namespace {
 
@@ -31,23 +31,9 @@ using reparam::matrix;
 using reparam::vector;
 using reparam::scale::linear;
 using reparam::scale::norm_affine;
-
-constexpr double float_unit_roundoff = 0x1p-24;
-
-/// Uniform doubles from one Philox stream.
-class rng_stream {
- public:
-  explicit rng_stream(std::uint64_t seed) : engine_(seed, 0) {}
-
-  double uniform(double lo, double hi) {
-    const std::uint32_t high = engine_();
-    const std::uint32_t low = engine_();
-    return lo + (hi - lo) * reparam::uniform_open01_double(high, low);
-  }
-
- private:
-  reparam::philox_engine engine_;
-};
+using reparam::test::float_unit_roundoff;
+using reparam::test::rng_stream;
+using reparam::test::same;
 
 /// The normalized Sylvester Hadamard matrix from its definition.
 matrix<double> dense_hadamard(reparam::index n) {
@@ -65,7 +51,8 @@ matrix<double> dense_hadamard(reparam::index n) {
   return h;
 }
 
-matrix<double> random_dense(rng_stream& rng, reparam::index rows, reparam::index cols) {
+/// Entries U(-1, 1), drawn in storage (column-major) order.
+matrix<double> random_unit_dense(rng_stream& rng, reparam::index rows, reparam::index cols) {
   matrix<double> m(rows, cols);
   for (reparam::index i = 0; i < m.size(); ++i) {
     m.data()[i] = rng.uniform(-1.0, 1.0);
@@ -73,11 +60,12 @@ matrix<double> random_dense(rng_stream& rng, reparam::index rows, reparam::index
   return m;
 }
 
-linear random_linear(rng_stream& rng, reparam::index out, reparam::index in, bool has_bias) {
+/// W and b with entries U(-1, 1) (unlike scale_oracles.hpp's random_linear: b over the full range).
+linear random_unit_linear(rng_stream& rng, reparam::index out, reparam::index in, bool has_bias) {
   linear l;
-  l.weight = random_dense(rng, out, in).cast<float>();
+  l.weight = random_unit_dense(rng, out, in).cast<float>();
   if (has_bias) {
-    l.bias = random_dense(rng, out, 1).col(0).cast<float>();
+    l.bias = random_unit_dense(rng, out, 1).col(0).cast<float>();
   }
   return l;
 }
@@ -128,10 +116,6 @@ matrix<double> run(const tiny_transformer& m, const matrix<double>& tokens,
   return run_linear(run_rms_norm(h, m.final_norm), m.head);
 }
 
-bool same(const linear& a, const linear& b) {
-  return a.weight == b.weight && a.bias.size() == b.bias.size() && a.bias == b.bias;
-}
-
 }  // namespace
 
 TEST_CASE("hadamard_transform_rows matches the dense Sylvester matrix and is an involution",
@@ -141,7 +125,7 @@ TEST_CASE("hadamard_transform_rows matches the dense Sylvester matrix and is an 
   rng_stream rng(seed);
   for (const reparam::index n : {1, 2, 4, 8, 32, 64, 256}) {
     CAPTURE(n);
-    const matrix<double> x = random_dense(rng, 5, n);
+    const matrix<double> x = random_unit_dense(rng, 5, n);
     const matrix<double> expected = x * dense_hadamard(n).transpose();
     matrix<double> xd = x;
     reparam::scale::hadamard_transform_rows(xd);
@@ -166,7 +150,7 @@ TEST_CASE("hadamard_transform_rows works on row blocks and strided rows and refu
   const std::uint64_t seed = reparam::test::test_seed(0x5ca1e202);
   CAPTURE(seed);
   rng_stream rng(seed);
-  matrix<double> big = random_dense(rng, 6, 8);
+  matrix<double> big = random_unit_dense(rng, 6, 8);
   const matrix<double> original = big;
   reparam::scale::hadamard_transform_rows(big.middleRows(2, 3));
   const matrix<double> h = dense_hadamard(8);
@@ -177,7 +161,7 @@ TEST_CASE("hadamard_transform_rows works on row blocks and strided rows and refu
   // 4 rows of 8 columns inside a buffer with row stride 11: the padding is untouched.
   std::vector<double> buffer(44, 7.0);
   auto view = reparam::row_major_map(buffer.data(), 4, 8, 11);
-  view = random_dense(rng, 4, 8);
+  view = random_unit_dense(rng, 4, 8);
   const matrix<double> before = view;
   reparam::scale::hadamard_transform_rows(view);
   REQUIRE(max_abs_diff(view, before * h) <= 1e-13);
@@ -242,16 +226,16 @@ TEST_CASE(
   CAPTURE(is_hadamard);
 
   tiny_transformer m;
-  m.embed = random_linear(rng, model, inputs, true);
+  m.embed = random_unit_linear(rng, model, inputs, true);
   m.embed.weight.row(3) *= 20.0f;  // an outlier channel in the stream
-  m.norm1.gain = random_dense(rng, model, 1).col(0).cast<float>().array() + 1.5f;
-  m.norm1.bias = random_dense(rng, model, 1).col(0).cast<float>();
-  m.value = random_linear(rng, value_dim, model, true);
-  m.out = random_linear(rng, model, value_dim, true);
-  m.final_norm.gain = random_dense(rng, model, 1).col(0).cast<float>();  // signs mixed
-  m.head = random_linear(rng, vocab, model, false);
-  const matrix<double> x = random_dense(rng, tokens, inputs);
-  matrix<double> mixing = random_dense(rng, tokens, tokens).cwiseAbs();  // any fixed mixing
+  m.norm1.gain = random_unit_dense(rng, model, 1).col(0).cast<float>().array() + 1.5f;
+  m.norm1.bias = random_unit_dense(rng, model, 1).col(0).cast<float>();
+  m.value = random_unit_linear(rng, value_dim, model, true);
+  m.out = random_unit_linear(rng, model, value_dim, true);
+  m.final_norm.gain = random_unit_dense(rng, model, 1).col(0).cast<float>();  // signs mixed
+  m.head = random_unit_linear(rng, vocab, model, false);
+  const matrix<double> x = random_unit_dense(rng, tokens, inputs);
+  matrix<double> mixing = random_unit_dense(rng, tokens, tokens).cwiseAbs();  // any fixed mixing
   for (reparam::index t = 0; t < tokens; ++t) {
     mixing.row(t) /= mixing.row(t).sum();
   }
@@ -261,7 +245,8 @@ TEST_CASE(
     rotation = reparam::scale::make_random_hadamard(model, seed);
   } else {
     // A random orthogonal matrix: Q of a QR decomposition (Householder) in double.
-    rotation = Eigen::HouseholderQR<matrix<double>>(random_dense(rng, model, model)).householderQ();
+    rotation =
+        Eigen::HouseholderQR<matrix<double>>(random_unit_dense(rng, model, model)).householderQ();
   }
 
   // 1. Fold the norm gains into their readers; 2. rotate every writer, norm and reader.
@@ -329,7 +314,7 @@ TEST_CASE("the rotation folds refuse non-orthogonal, mis-sized rotations and uni
     // A float-rounded orthogonal matrix is accepted (see rotation_orthogonality_tolerance).
     rng_stream rng(reparam::test::test_seed(0x5ca1e204));
     const matrix<double> q =
-        Eigen::HouseholderQR<matrix<double>>(random_dense(rng, n, n)).householderQ();
+        Eigen::HouseholderQR<matrix<double>>(random_unit_dense(rng, n, n)).householderQ();
     const matrix<double> q_float = q.cast<float>().cast<double>();
     REQUIRE_NOTHROW(reparam::scale::fold_rotation_consumer(reader, q_float));
   }

@@ -366,6 +366,53 @@ inline uniform_quantizer empty_quantizer(const uniform_spec& spec, index slots) 
   return q;
 }
 
+/// The per-slot range search of calibrate_percentile and calibrate_mse (x validated, `slots` its
+/// slot count): for every slot, candidates(values, count, try_range) calls try_range(lo, hi) once
+/// per candidate range in search order; each range is fake-quantized and scored with
+/// fake_quantize_error (|x_hat - x|^norm, summed, divided by the slot's entry count when
+/// `is_mean`), and the first candidate with the smallest error is kept.
+template <class Derived, class Candidates>
+uniform_quantizer search_slot_ranges(const Eigen::MatrixBase<Derived>& x, const uniform_spec& spec,
+                                     index slots, double norm, bool is_mean, const char* function,
+                                     Candidates&& candidates) {
+  using scalar_type = typename Derived::Scalar;
+  uniform_quantizer q = empty_quantizer(spec, slots);
+  std::vector<scalar_type> buffer;
+  with_rounding(spec.mode, [&](auto mode) {
+    for_each_slot(
+        rows_of(x, function), x.rows(), x.cols(), spec, buffer,
+        [&](index slot, const scalar_type* values, index count) {
+          const double divisor = is_mean ? static_cast<double>(count) : 1.0;
+          double best = std::numeric_limits<double>::infinity();
+          candidates(values, count, [&](float lo, float hi) {
+            const slot_params candidate = params_from_range(lo, hi, spec.bits, spec.is_symmetric);
+            const double error = fake_quantize_error<decltype(mode)::value>(
+                values, count, candidate, spec.bits, spec.is_symmetric, norm, divisor, best);
+            if (error < best) {
+              best = error;
+              q.scale[slot] = candidate.scale;
+              q.zero_point[slot] = candidate.zero_point;
+            }
+          });
+        });
+  });
+  return q;
+}
+
+/// The checks of the shrink searches (calibrate_mse, calibrate_output_clip) on grid and
+/// max_shrink; returns the candidate count max(1, floor(max_shrink * grid)).
+inline int check_shrink_grid(const char* function, int grid, double max_shrink) {
+  reparam::detail::check(grid >= 1, function, "grid ", grid, " must be >= 1");
+  reparam::detail::check(max_shrink >= 0.0 && max_shrink <= 1.0, function, "max_shrink ",
+                         max_shrink, " is outside [0, 1]");
+  return std::max(1, static_cast<int>(std::floor(max_shrink * grid)));
+}
+
+/// Shrink factor float(1 - i / grid) of candidate i.
+inline float shrink_of(int i, int grid) noexcept {
+  return static_cast<float>(1.0 - static_cast<double>(i) / grid);
+}
+
 }  // namespace detail
 
 /// The p-quantile of `values` (p in [0, 1]) with linear interpolation at position p * (n - 1) of
@@ -414,34 +461,19 @@ uniform_quantizer calibrate_percentile(const Eigen::MatrixBase<Derived>& x,
                            " is outside [0.5, 1]");
   }
   const index slots = detail::check_calibration_input(x, spec, function);
-  uniform_quantizer q = detail::empty_quantizer(spec, slots);
-  std::vector<scalar_type> buffer;
   std::vector<double> sorted;
-  detail::with_rounding(spec.mode, [&](auto mode) {
-    detail::for_each_slot(
-        detail::rows_of(x, function), x.rows(), x.cols(), spec, buffer,
-        [&](index slot, const scalar_type* values, index count) {
-          sorted.assign(values, values + count);
-          detail::select_for_quantiles(sorted, count, percentiles);
-          double best = std::numeric_limits<double>::infinity();
-          for (const double p : percentiles) {
-            const auto lo =
-                static_cast<float>(detail::quantile_sorted(sorted.data(), count, 1.0 - p));
-            const auto hi = static_cast<float>(detail::quantile_sorted(sorted.data(), count, p));
-            const detail::slot_params candidate =
-                detail::params_from_range(lo, hi, spec.bits, spec.is_symmetric);
-            const double error = detail::fake_quantize_error<decltype(mode)::value>(
-                values, count, candidate, spec.bits, spec.is_symmetric, 2.0,
-                static_cast<double>(count), best);
-            if (error < best) {
-              best = error;
-              q.scale[slot] = candidate.scale;
-              q.zero_point[slot] = candidate.zero_point;
-            }
-          }
-        });
-  });
-  return q;
+  return detail::search_slot_ranges(
+      x, spec, slots, 2.0, true, function,
+      [&](const scalar_type* values, index count, auto&& try_range) {
+        sorted.assign(values, values + count);
+        detail::select_for_quantiles(sorted, count, percentiles);
+        for (const double p : percentiles) {
+          const auto lo =
+              static_cast<float>(detail::quantile_sorted(sorted.data(), count, 1.0 - p));
+          const auto hi = static_cast<float>(detail::quantile_sorted(sorted.data(), count, p));
+          try_range(lo, hi);
+        }
+      });
 }
 
 /// GPTQ's MSE grid search: for i in [0, max_shrink * grid), shrink p = 1 - i / grid, range
@@ -462,38 +494,20 @@ uniform_quantizer calibrate_mse(const Eigen::MatrixBase<Derived>& x, const unifo
   reparam::detail::static_check_input<Derived>();
   using scalar_type = typename Derived::Scalar;
   constexpr const char* function = "scale::calibrate_mse";
-  reparam::detail::check(params.grid >= 1, function, "grid ", params.grid, " must be >= 1");
-  reparam::detail::check(params.max_shrink >= 0.0 && params.max_shrink <= 1.0, function,
-                         "max_shrink ", params.max_shrink, " is outside [0, 1]");
+  const int candidates = detail::check_shrink_grid(function, params.grid, params.max_shrink);
   reparam::detail::check(std::isfinite(params.norm) && params.norm > 0.0, function, "norm ",
                          params.norm, " must be > 0 and finite");
   const index slots = detail::check_calibration_input(x, spec, function);
-  const int candidates = std::max(1, static_cast<int>(std::floor(params.max_shrink * params.grid)));
-  uniform_quantizer q = detail::empty_quantizer(spec, slots);
-  std::vector<scalar_type> buffer;
-  detail::with_rounding(spec.mode, [&](auto mode) {
-    detail::for_each_slot(
-        detail::rows_of(x, function), x.rows(), x.cols(), spec, buffer,
-        [&](index slot, const scalar_type* values, index count) {
-          float lo = 0.0f;
-          float hi = 0.0f;
-          detail::min_max_float(values, count, lo, hi);
-          double best = std::numeric_limits<double>::infinity();
-          for (int i = 0; i < candidates; ++i) {
-            const auto shrink = static_cast<float>(1.0 - static_cast<double>(i) / params.grid);
-            const detail::slot_params candidate =
-                detail::params_from_range(shrink * lo, shrink * hi, spec.bits, spec.is_symmetric);
-            const double error = detail::fake_quantize_error<decltype(mode)::value>(
-                values, count, candidate, spec.bits, spec.is_symmetric, params.norm, 1.0, best);
-            if (error < best) {
-              best = error;
-              q.scale[slot] = candidate.scale;
-              q.zero_point[slot] = candidate.zero_point;
-            }
-          }
-        });
-  });
-  return q;
+  return detail::search_slot_ranges(x, spec, slots, params.norm, false, function,
+                                    [&](const scalar_type* values, index count, auto&& try_range) {
+                                      float lo = 0.0f;
+                                      float hi = 0.0f;
+                                      detail::min_max_float(values, count, lo, hi);
+                                      for (int i = 0; i < candidates; ++i) {
+                                        const float shrink = detail::shrink_of(i, params.grid);
+                                        try_range(shrink * lo, shrink * hi);
+                                      }
+                                    });
 }
 
 /// AWQ's output-aware weight clip (llm-awq auto_clip.py): weights w [out, in] quantized with
@@ -529,9 +543,7 @@ uniform_quantizer calibrate_output_clip(const Eigen::MatrixBase<DerivedW>& w,
       spec.axis == granularity::per_row || spec.axis == granularity::per_group, function,
       "axis must be per_row or per_group (slots are parts of output rows), got axis ",
       static_cast<int>(spec.axis));
-  reparam::detail::check(params.grid >= 1, function, "grid ", params.grid, " must be >= 1");
-  reparam::detail::check(params.max_shrink >= 0.0 && params.max_shrink <= 1.0, function,
-                         "max_shrink ", params.max_shrink, " is outside [0, 1]");
+  const int candidates = detail::check_shrink_grid(function, params.grid, params.max_shrink);
   reparam::detail::check(params.max_tokens >= 1, function, "max_tokens ", params.max_tokens,
                          " must be >= 1");
   const index slots = detail::check_calibration_input(w, spec, function);
@@ -551,7 +563,6 @@ uniform_quantizer calibrate_output_clip(const Eigen::MatrixBase<DerivedW>& w,
       x_used(t, c) = static_cast<double>(x_rows.row(t * stride)[c]);
     }
   }
-  const int candidates = std::max(1, static_cast<int>(std::floor(params.max_shrink * params.grid)));
   const index size = spec.axis == granularity::per_group ? spec.group_size : cols;
   const index groups = cols / size;
   const detail::input_rows<scalar_type> w_rows = detail::rows_of(w, function);
@@ -573,7 +584,7 @@ uniform_quantizer calibrate_output_clip(const Eigen::MatrixBase<DerivedW>& w,
         best[u] = std::numeric_limits<double>::infinity();
       }
       for (int i = 0; i < candidates; ++i) {
-        const auto shrink = static_cast<float>(1.0 - static_cast<double>(i) / params.grid);
+        const float shrink = detail::shrink_of(i, params.grid);
         for (index r = 0; r < rows; ++r) {
           const auto u = static_cast<std::size_t>(r);
           const float clip = std::max(std::fabs(lo[u]), std::fabs(hi[u])) * shrink;

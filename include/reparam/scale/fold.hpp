@@ -21,7 +21,6 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -54,6 +53,13 @@ struct norm_affine {
 struct linear {
   matrix<float> weight;
   vector<float> bias;
+};
+
+/// A folded norm and its folded consumers, in the consumers' order (fold_channel_affine,
+/// fold_norm_gain).
+struct folded_norm_block {
+  norm_affine norm;
+  std::vector<linear> consumers;
 };
 
 namespace detail {
@@ -132,24 +138,33 @@ inline void check_fold_linear(const char* function, const std::string& name, con
   check_fold_finite_vector(function, name + ".bias", layer.bias);
 }
 
+/// The producer-side bias bias' = (bias - t) / r per channel, in double, rounded once; empty when
+/// there is neither a bias nor a nonzero shift (inputs validated, bias empty or affine-sized).
+inline vector<float> fold_producer_bias(const vector<float>& bias, const channel_affine& affine) {
+  const index channels = affine.channels();
+  const bool is_shifted = fold_has_nonzero_shift(affine);
+  const bool has_bias = bias.size() != 0;
+  vector<float> out;
+  if (has_bias || is_shifted) {
+    out.resize(channels);
+    for (index c = 0; c < channels; ++c) {
+      const double b = has_bias ? static_cast<double>(bias[c]) : 0.0;
+      const double shift = is_shifted ? affine.shift[c] : 0.0;
+      out[c] = static_cast<float>((b - shift) / affine.scale[c]);
+    }
+  }
+  return out;
+}
+
 /// gain' = gain / r, bias' = (bias - t) / r, in double, rounded once (inputs validated).
 inline norm_affine fold_norm_unchecked(const norm_affine& norm, const channel_affine& affine) {
   const index channels = affine.channels();
-  const bool is_shifted = fold_has_nonzero_shift(affine);
-  const bool has_bias = norm.bias.size() != 0;
   norm_affine out;
   out.gain.resize(channels);
   for (index c = 0; c < channels; ++c) {
     out.gain[c] = static_cast<float>(static_cast<double>(norm.gain[c]) / affine.scale[c]);
   }
-  if (has_bias || is_shifted) {
-    out.bias.resize(channels);
-    for (index c = 0; c < channels; ++c) {
-      const double bias = has_bias ? static_cast<double>(norm.bias[c]) : 0.0;
-      const double shift = is_shifted ? affine.shift[c] : 0.0;
-      out.bias[c] = static_cast<float>((bias - shift) / affine.scale[c]);
-    }
-  }
+  out.bias = fold_producer_bias(norm.bias, affine);
   return out;
 }
 
@@ -188,8 +203,6 @@ inline linear fold_consumer_unchecked(const linear& layer, const channel_affine&
 inline linear fold_producer_unchecked(const linear& layer, const channel_affine& affine) {
   const index rows = layer.weight.rows();
   const index cols = layer.weight.cols();
-  const bool is_shifted = fold_has_nonzero_shift(affine);
-  const bool has_bias = layer.bias.size() != 0;
   linear out;
   out.weight.resize(rows, cols);
   for (index i = 0; i < rows; ++i) {
@@ -198,13 +211,19 @@ inline linear fold_producer_unchecked(const linear& layer, const channel_affine&
       out.weight(i, j) = static_cast<float>(static_cast<double>(layer.weight(i, j)) / r);
     }
   }
-  if (has_bias || is_shifted) {
-    out.bias.resize(rows);
-    for (index i = 0; i < rows; ++i) {
-      const double bias = has_bias ? static_cast<double>(layer.bias[i]) : 0.0;
-      const double shift = is_shifted ? affine.shift[i] : 0.0;
-      out.bias[i] = static_cast<float>((bias - shift) / affine.scale[i]);
-    }
+  out.bias = fold_producer_bias(layer.bias, affine);
+  return out;
+}
+
+/// The norm and every consumer folded with one affine (inputs validated).
+inline folded_norm_block fold_norm_block_unchecked(const norm_affine& norm,
+                                                   const std::vector<linear>& consumers,
+                                                   const channel_affine& affine) {
+  folded_norm_block out;
+  out.norm = fold_norm_unchecked(norm, affine);
+  out.consumers.reserve(consumers.size());
+  for (const linear& consumer : consumers) {
+    out.consumers.push_back(fold_consumer_unchecked(consumer, affine, nullptr));
   }
   return out;
 }
@@ -244,10 +263,6 @@ inline linear fold_into_consumer(const linear& layer, const channel_affine& affi
 /// list must name every reader; nothing can check that for the caller).
 /// Every input is validated before anything is computed; errors name the consumer by its index.
 /// Allocates the result.
-struct folded_norm_block {
-  norm_affine norm;
-  std::vector<linear> consumers;
-};
 inline folded_norm_block fold_channel_affine(const norm_affine& norm,
                                              const std::vector<linear>& consumers,
                                              const channel_affine& affine) {
@@ -262,13 +277,7 @@ inline folded_norm_block fold_channel_affine(const norm_affine& norm,
     detail::check_fold_linear(function, detail::fold_consumer_name(i), consumers[i],
                               affine.channels());
   }
-  folded_norm_block out;
-  out.norm = detail::fold_norm_unchecked(norm, affine);
-  out.consumers.reserve(consumers.size());
-  for (const linear& consumer : consumers) {
-    out.consumers.push_back(detail::fold_consumer_unchecked(consumer, affine, nullptr));
-  }
-  return out;
+  return detail::fold_norm_block_unchecked(norm, consumers, affine);
 }
 
 /// Producer linear -> consumer linear (AWQ's v -> o and up -> down, OmniQuant's fc1 -> fc2):
@@ -344,29 +353,11 @@ inline folded_norm_block fold_norm_gain(const norm_affine& norm,
   for (std::size_t i = 0; i < consumers.size(); ++i) {
     detail::check_fold_linear(function, detail::fold_consumer_name(i), consumers[i], channels);
   }
-  folded_norm_block out;
-  out.norm.gain = vector<float>::Ones(channels);
-  if (norm.bias.size() != 0) {
-    out.norm.bias.resize(channels);
-    for (index c = 0; c < channels; ++c) {
-      out.norm.bias[c] =
-          static_cast<float>(static_cast<double>(norm.bias[c]) / static_cast<double>(norm.gain[c]));
-    }
-  }
-  out.consumers.reserve(consumers.size());
-  for (const linear& consumer : consumers) {
-    linear folded;
-    folded.bias = consumer.bias;
-    folded.weight.resize(consumer.weight.rows(), channels);
-    for (index i = 0; i < consumer.weight.rows(); ++i) {
-      for (index j = 0; j < channels; ++j) {
-        folded.weight(i, j) = static_cast<float>(static_cast<double>(consumer.weight(i, j)) *
-                                                 static_cast<double>(norm.gain[j]));
-      }
-    }
-    out.consumers.push_back(std::move(folded));
-  }
-  return out;
+  // The channel-affine fold with r = gain and no shift (the unchecked folds accept r < 0): gain'
+  // = gain / gain = 1 exactly, bias' = bias / gain, W' = W diag(gain), consumer biases unchanged.
+  channel_affine by_gain;
+  by_gain.scale = norm.gain.cast<double>();
+  return detail::fold_norm_block_unchecked(norm, consumers, by_gain);
 }
 
 }  // namespace reparam::scale

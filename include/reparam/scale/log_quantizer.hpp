@@ -48,6 +48,7 @@
 #include <reparam/kernels/arch.hpp>
 #include <reparam/kernels/reference/log_shift_matmul.hpp>
 #include <reparam/kernels/simd/log_shift_matmul.hpp>
+#include <reparam/scale/quantizer.hpp>
 
 namespace reparam::scale {
 
@@ -196,18 +197,11 @@ inline index log_shift_workspace_size(const log_quantizer& q, index cols) {
 
 namespace detail {
 
-/// Round half to even, independent of the floating-point environment: floor(t) and t - floor(t)
-/// are exact for every finite double.
+/// The encode rounding of t (round half to even, independent of the floating-point environment):
+/// scale::round(t, rounding::half_even). A zero result carries the sign of t, which
+/// log_encode_one's r <= 0 test ignores.
 inline double log_round_half_even(double t) noexcept {
-  const double f = std::floor(t);
-  const double d = t - f;
-  if (d > 0.5) {
-    return f + 1.0;
-  }
-  if (d < 0.5) {
-    return f;
-  }
-  return std::fmod(f, 2.0) == 0.0 ? f : f + 1.0;
+  return scale::round(t, rounding::half_even);
 }
 
 /// The exact-as-documented double value of level `level` (see the file comment).

@@ -384,32 +384,52 @@ void for_each_run(const In* in, index in_stride, Out* out, index out_stride, ind
   }
 }
 
+/// Calls entry(j, s, z) for j in [0, count) with entry j's parameters converted to Scalar:
+/// scale[j], zero[j] when IsPerColumn, otherwise scale[0], zero[0] (one run of for_each_run).
+template <class Scalar, bool IsPerColumn, class Entry>
+inline void for_each_entry(index count, const float* scale, const float* zero, Entry&& entry) {
+  constexpr index step = IsPerColumn ? 1 : 0;
+  for (index j = 0; j < count; ++j) {
+    entry(j, static_cast<Scalar>(scale[j * step]), static_cast<Scalar>(zero[j * step]));
+  }
+}
+
 /// x_hat = scale * (code - zero) over `count` entries, in Scalar (out may equal in).
 template <rounding Mode, class Scalar, bool IsPerColumn>
 inline void fake_quantize_run(const Scalar* in, Scalar* out, index count, const float* scale,
                               const float* zero, Scalar code_min, Scalar code_max) noexcept {
-  constexpr index step = IsPerColumn ? 1 : 0;
-  for (index j = 0; j < count; ++j) {
-    const auto s = static_cast<Scalar>(scale[j * step]);
-    const auto z = static_cast<Scalar>(zero[j * step]);
+  for_each_entry<Scalar, IsPerColumn>(count, scale, zero, [&](index j, Scalar s, Scalar z) {
     out[j] = s * (code_of<Mode>(in[j], s, z, code_min, code_max) - z);
-  }
+  });
 }
 
-/// The body of fake_quantize_rows (validated arguments).
+/// out(r, c) = entry(mode, x(r, c), s, z) over rows `rows` of x [*, cols], with (s, z) the
+/// entry's slot parameters converted to Scalar and mode q.spec.mode as a
+/// std::integral_constant<rounding, ...> (validated arguments).
+template <class Scalar, class Out, class Entry>
+void map_entries(input_rows<Scalar> x, index cols, const uniform_quantizer& q, Out* out,
+                 index out_stride, row_range rows, Entry&& entry) {
+  with_rounding(q.spec.mode, [&](auto mode) {
+    for_each_run(x.data, x.row_stride, out, out_stride, cols, rows, q.spec, q.scale.data(),
+                 q.zero_point.data(),
+                 [&](auto is_per_column, const Scalar* in_run, Out* out_run, index count,
+                     const float* scale, const float* zero) {
+                   for_each_entry<Scalar, decltype(is_per_column)::value>(
+                       count, scale, zero, [&](index j, Scalar s, Scalar z) {
+                         out_run[j] = entry(mode, in_run[j], s, z);
+                       });
+                 });
+  });
+}
+
+/// The body of fake_quantize_rows (validated arguments; out may equal x).
 template <class Scalar>
 void fake_quantize_unchecked(input_rows<Scalar> x, index cols, const uniform_quantizer& q,
                              Scalar* out, index out_stride, row_range rows) noexcept {
   const auto code_min = static_cast<Scalar>(q.code_min());
   const auto code_max = static_cast<Scalar>(q.code_max());
-  with_rounding(q.spec.mode, [&](auto mode) {
-    for_each_run(x.data, x.row_stride, out, out_stride, cols, rows, q.spec, q.scale.data(),
-                 q.zero_point.data(),
-                 [&](auto is_per_column, const Scalar* in_run, Scalar* out_run, index count,
-                     const float* scale, const float* zero) {
-                   fake_quantize_run<decltype(mode)::value, Scalar, decltype(is_per_column)::value>(
-                       in_run, out_run, count, scale, zero, code_min, code_max);
-                 });
+  map_entries(x, cols, q, out, out_stride, rows, [&](auto mode, Scalar v, Scalar s, Scalar z) {
+    return s * (code_of<decltype(mode)::value>(v, s, z, code_min, code_max) - z);
   });
 }
 
@@ -421,18 +441,29 @@ void check_same_shape(const char* function, const Eigen::MatrixBase<Derived>& x,
                          x.cols(), "]");
 }
 
+/// The checks of a calibrated quantizer applied to rows `rows` of x (after the output's shape
+/// and the row range): q fits x (integer zero points when `is_integer_zero`) and x is finite in
+/// those rows. Returns x's rows.
+template <class Derived>
+input_rows<typename Derived::Scalar> check_quantizer_input(const Eigen::MatrixBase<Derived>& x,
+                                                           const uniform_quantizer& q,
+                                                           row_range rows, bool is_integer_zero,
+                                                           const char* function) {
+  check_quantizer(q, x.rows(), x.cols(), rows, is_integer_zero, function);
+  const input_rows<typename Derived::Scalar> in = rows_of(x, function);
+  check_finite_rows(function, "x", in, rows, x.cols());
+  return in;
+}
+
 /// fake_quantize_rows with its checks, reporting as `function`.
 template <class Derived>
 void fake_quantize_checked(const Eigen::MatrixBase<Derived>& x, const uniform_quantizer& q,
                            matrix_ref<typename Derived::Scalar> out, row_range rows,
                            const char* function) {
   reparam::detail::static_check_input<Derived>();
-  using scalar_type = typename Derived::Scalar;
   check_same_shape(function, x, out, "out");
   reparam::detail::check_row_range(function, rows, x.rows());
-  check_quantizer(q, x.rows(), x.cols(), rows, false, function);
-  const input_rows<scalar_type> in = rows_of(x, function);
-  check_finite_rows(function, "x", in, rows, x.cols());
+  const auto in = check_quantizer_input(x, q, rows, false, function);
   fake_quantize_unchecked(in, x.cols(), q, out.data(), out.outerStride(), rows);
 }
 
@@ -493,26 +524,14 @@ void quantize(const Eigen::MatrixBase<Derived>& x, const uniform_quantizer& q,
                          "codes is [", codes.rows(), ", ", codes.cols(), "] but x is [", x.rows(),
                          ", ", x.cols(), "]");
   const row_range rows = all_rows(x.rows());
-  detail::check_quantizer(q, x.rows(), x.cols(), rows, true, function);
-  const detail::input_rows<scalar_type> in = detail::rows_of(x, function);
-  detail::check_finite_rows(function, "x", in, rows, x.cols());
+  const auto in = detail::check_quantizer_input(x, q, rows, true, function);
   const auto code_min = static_cast<scalar_type>(q.code_min());
   const auto code_max = static_cast<scalar_type>(q.code_max());
-  detail::with_rounding(q.spec.mode, [&](auto mode) {
-    detail::for_each_run(in.data, in.row_stride, codes.data(), codes.outerStride(), x.cols(), rows,
-                         q.spec, q.scale.data(), q.zero_point.data(),
-                         [&](auto is_per_column, const scalar_type* in_run, std::int32_t* out_run,
-                             index count, const float* scale, const float* zero) {
-                           constexpr index step = decltype(is_per_column)::value ? 1 : 0;
-                           for (index j = 0; j < count; ++j) {
-                             const auto s = static_cast<scalar_type>(scale[j * step]);
-                             const auto z = static_cast<scalar_type>(zero[j * step]);
-                             out_run[j] =
-                                 static_cast<std::int32_t>(detail::code_of<decltype(mode)::value>(
-                                     in_run[j], s, z, code_min, code_max));
-                           }
-                         });
-  });
+  detail::map_entries(in, x.cols(), q, codes.data(), codes.outerStride(), rows,
+                      [&](auto mode, scalar_type v, scalar_type s, scalar_type z) {
+                        return static_cast<std::int32_t>(
+                            detail::code_of<decltype(mode)::value>(v, s, z, code_min, code_max));
+                      });
 }
 
 /// out = scale * (codes - zero_point), computed in float (one rounding). Same checks.
@@ -549,11 +568,10 @@ void dequantize(const Eigen::MatrixBase<Derived>& codes, const uniform_quantizer
                        q.spec, q.scale.data(), q.zero_point.data(),
                        [](auto is_per_column, const code_type* in_run, float* out_run, index count,
                           const float* scale, const float* zero) {
-                         constexpr index step = decltype(is_per_column)::value ? 1 : 0;
-                         for (index j = 0; j < count; ++j) {
-                           out_run[j] =
-                               scale[j * step] * (static_cast<float>(in_run[j]) - zero[j * step]);
-                         }
+                         detail::for_each_entry<float, decltype(is_per_column)::value>(
+                             count, scale, zero, [&](index j, float s, float z) {
+                               out_run[j] = s * (static_cast<float>(in_run[j]) - z);
+                             });
                        });
 }
 
@@ -668,26 +686,15 @@ void fake_quantize_ste_mask(const Eigen::MatrixBase<Derived>& x, const uniform_q
   constexpr const char* function = "scale::fake_quantize_ste_mask";
   detail::check_same_shape(function, x, grad_mask, "grad_mask");
   const row_range rows = all_rows(x.rows());
-  detail::check_quantizer(q, x.rows(), x.cols(), rows, false, function);
-  const detail::input_rows<scalar_type> in = detail::rows_of(x, function);
-  detail::check_finite_rows(function, "x", in, rows, x.cols());
+  const auto in = detail::check_quantizer_input(x, q, rows, false, function);
   const auto code_min = static_cast<scalar_type>(q.code_min());
   const auto code_max = static_cast<scalar_type>(q.code_max());
-  detail::with_rounding(q.spec.mode, [&](auto mode) {
-    detail::for_each_run(
-        in.data, in.row_stride, grad_mask.data(), grad_mask.outerStride(), x.cols(), rows, q.spec,
-        q.scale.data(), q.zero_point.data(),
-        [&](auto is_per_column, const scalar_type* in_run, scalar_type* out_run, index count,
-            const float* scale, const float* zero) {
-          constexpr index step = decltype(is_per_column)::value ? 1 : 0;
-          for (index j = 0; j < count; ++j) {
-            const auto s = static_cast<scalar_type>(scale[j * step]);
-            const auto z = static_cast<scalar_type>(zero[j * step]);
-            const scalar_type code = detail::round_as<decltype(mode)::value>(in_run[j] / s) + z;
-            out_run[j] = (code >= code_min && code <= code_max) ? scalar_type(1) : scalar_type(0);
-          }
-        });
-  });
+  detail::map_entries(in, x.cols(), q, grad_mask.data(), grad_mask.outerStride(), rows,
+                      [&](auto mode, scalar_type v, scalar_type s, scalar_type z) {
+                        const scalar_type code = detail::round_as<decltype(mode)::value>(v / s) + z;
+                        return (code >= code_min && code <= code_max) ? scalar_type(1)
+                                                                      : scalar_type(0);
+                      });
 }
 
 }  // namespace reparam::scale

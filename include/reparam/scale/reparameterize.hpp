@@ -30,20 +30,6 @@ namespace reparam::scale {
 
 namespace detail {
 
-/// Round half to even in double, independent of the floating-point environment. x - floor(x) is
-/// exact in binary floating point, so the tie test is exact.
-inline double repq_round_half_even(double x) noexcept {
-  const double lower = std::floor(x);
-  const double fraction = x - lower;
-  if (fraction > 0.5) {
-    return lower + 1.0;
-  }
-  if (fraction < 0.5) {
-    return lower;
-  }
-  return std::fmod(lower, 2.0) == 0.0 ? lower : lower + 1.0;
-}
-
 /// SmoothQuant's lower clamp of the weight maxima and of r (smoothquant/smooth.py).
 inline constexpr double smooth_min_value = 1e-5;
 
@@ -180,7 +166,8 @@ inline repq_result repq_vit_reparameterize(const uniform_quantizer& channel_quan
   const auto target_scale = static_cast<float>(scale_sum / count);
   double target_zero = zero_sum / count;
   if (round_target_zero_point) {
-    target_zero = detail::repq_round_half_even(target_zero);
+    // A mean in [-0.5, 0) rounds to -0.0; the + 0.0 stores +0.0 (zero point and shifts).
+    target_zero = round(target_zero, rounding::half_even) + 0.0;
   }
   const auto target_zero_stored = static_cast<float>(target_zero);
   const auto s_t = static_cast<double>(target_scale);

@@ -111,6 +111,22 @@ inline void check_rotation(const char* function, const matrix<double>& rotation,
                          ")| = ", worst, " > ", rotation_orthogonality_tolerance);
 }
 
+/// The checks of a linear rotation fold: `layer` (any shape, finite, valid bias), then R of the
+/// size of the rotated side (the weight's rows for a producer, its columns for a consumer).
+inline void check_rotation_fold(const char* function, const linear& layer,
+                                const matrix<double>& rotation, bool is_producer) {
+  check_fold_linear(function, "layer", layer, -1);
+  check_rotation(function, rotation, is_producer ? layer.weight.rows() : layer.weight.cols());
+}
+
+/// R b in double, rounded once to float; an empty b (no bias) stays empty.
+inline vector<float> rotate_bias(const matrix<double>& rotation, const vector<float>& bias) {
+  if (bias.size() == 0) {
+    return {};
+  }
+  return (rotation * bias.cast<double>()).cast<float>();
+}
+
 }  // namespace detail
 
 /// In place, every row x <- H_n x / sqrt(n): the normalized fast Walsh-Hadamard transform
@@ -155,27 +171,16 @@ inline matrix<double> make_random_hadamard(index n, std::uint64_t seed) {
 /// weight cols == R size; R square, finite and orthogonal within
 /// rotation_orthogonality_tolerance (an O(n^3) check). Allocates the result.
 inline linear fold_rotation_consumer(const linear& layer, const matrix<double>& rotation) {
-  constexpr const char* function = "scale::fold_rotation_consumer";
-  detail::check_fold_linear(function, "layer", layer, -1);
-  detail::check_rotation(function, rotation, layer.weight.cols());
-  linear out;
-  out.weight = (layer.weight.cast<double>() * rotation.transpose()).cast<float>();
-  out.bias = layer.bias;
-  return out;
+  detail::check_rotation_fold("scale::fold_rotation_consumer", layer, rotation, false);
+  return {(layer.weight.cast<double>() * rotation.transpose()).cast<float>(), layer.bias};
 }
 
 /// A linear that writes into the rotated stream: W' = R W, b' = R b, so W' x + b' = R (W x + b).
 /// Preconditions as fold_rotation_consumer with weight rows == R size. Allocates the result.
 inline linear fold_rotation_producer(const linear& layer, const matrix<double>& rotation) {
-  constexpr const char* function = "scale::fold_rotation_producer";
-  detail::check_fold_linear(function, "layer", layer, -1);
-  detail::check_rotation(function, rotation, layer.weight.rows());
-  linear out;
-  out.weight = (rotation * layer.weight.cast<double>()).cast<float>();
-  if (layer.bias.size() != 0) {
-    out.bias = (rotation * layer.bias.cast<double>()).cast<float>();
-  }
-  return out;
+  detail::check_rotation_fold("scale::fold_rotation_producer", layer, rotation, true);
+  return {(rotation * layer.weight.cast<double>()).cast<float>(),
+          detail::rotate_bias(rotation, layer.bias)};
 }
 
 /// A norm on the rotated stream: RMSNorm(R x) = R RMSNorm(x), so with unit gain only its bias
@@ -194,12 +199,7 @@ inline norm_affine fold_rotation_norm(const norm_affine& norm, const matrix<doub
                            "scale::fold_norm_gain first");
   }
   detail::check_rotation(function, rotation, channels);
-  norm_affine out;
-  out.gain = norm.gain;
-  if (norm.bias.size() != 0) {
-    out.bias = (rotation * norm.bias.cast<double>()).cast<float>();
-  }
-  return out;
+  return {norm.gain, detail::rotate_bias(rotation, norm.bias)};
 }
 
 }  // namespace reparam::scale

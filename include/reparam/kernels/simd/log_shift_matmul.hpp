@@ -193,6 +193,29 @@ inline void scatter_levels(index n, level_lists& REPARAM_RESTRICT out) noexcept 
   }
 }
 
+/// Writes the levels q < levels with is_touched[q] into `touched`, ascending; returns how many.
+inline int list_touched(const bool* is_touched, int levels, std::uint8_t* touched) noexcept {
+  int count = 0;
+  for (int q = 0; q < levels; ++q) {
+    touched[count] = static_cast<std::uint8_t>(q);
+    count += is_touched[q] ? 1 : 0;
+  }
+  return count;
+}
+
+/// Calls body(std::integral_constant<int, N>{}) with N = min(n, Max) (n >= 1): the vector count
+/// of a tile as a template argument, so that its accumulators stay in registers.
+template <int Max, class Body>
+REPARAM_LOG_SHIFT_INLINE void with_count(index n, Body&& body) noexcept {
+  if constexpr (Max > 1) {
+    if (n < Max) {
+      with_count<Max - 1>(n, body);
+      return;
+    }
+  }
+  body(std::integral_constant<int, Max>{});
+}
+
 /// Scalar bucket sums of columns [c_begin, c_end) of one level's keys (the AVX2 tail columns).
 inline void add_level_scalar(const std::int16_t* REPARAM_RESTRICT chunk_v, index v_row_stride,
                              const std::uint16_t* REPARAM_RESTRICT keys, index n, index c_begin,
@@ -401,20 +424,10 @@ struct avx512 {
     constexpr index tile_cols = max_blocks * block_cols;
     for (index col0 = 0; col0 < cols; col0 += tile_cols) {
       const index width = cols - col0 < tile_cols ? cols - col0 : tile_cols;
-      switch ((width + block_cols - 1) / block_cols) {
-        case 1:
-          tile<1>(chunk_v, v_row_stride, lists, col0, width, cols, max_keys16, buckets, is_touched);
-          break;
-        case 2:
-          tile<2>(chunk_v, v_row_stride, lists, col0, width, cols, max_keys16, buckets, is_touched);
-          break;
-        case 3:
-          tile<3>(chunk_v, v_row_stride, lists, col0, width, cols, max_keys16, buckets, is_touched);
-          break;
-        default:
-          tile<4>(chunk_v, v_row_stride, lists, col0, width, cols, max_keys16, buckets, is_touched);
-          break;
-      }
+      with_count<max_blocks>((width + block_cols - 1) / block_cols, [&](auto blocks) {
+        tile<decltype(blocks)::value>(chunk_v, v_row_stride, lists, col0, width, cols, max_keys16,
+                                      buckets, is_touched);
+      });
     }
   }
 
@@ -494,32 +507,10 @@ struct avx512 {
       const index width = cols - c0 < combine_cols ? cols - c0 : combine_cols;
       const index rest = width - (width - 1) / 8 * 8;  // 1 .. 8
       const __mmask8 m = rest >= 8 ? __mmask8{0xFF} : static_cast<__mmask8>((1u << rest) - 1u);
-      switch ((width + 7) / 8) {
-        case 1:
-          combine_tile<1>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 2:
-          combine_tile<2>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 3:
-          combine_tile<3>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 4:
-          combine_tile<4>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 5:
-          combine_tile<5>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 6:
-          combine_tile<6>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        case 7:
-          combine_tile<7>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-        default:
-          combine_tile<8>(op, buckets, bucket_stride, listed, listed_count, c0, m, out);
-          break;
-      }
+      with_count<combine_cols / 8>((width + 7) / 8, [&](auto groups) {
+        combine_tile<decltype(groups)::value>(op, buckets, bucket_stride, listed, listed_count, c0,
+                                              m, out);
+      });
     }
   }
 
@@ -552,12 +543,7 @@ struct avx512 {
         is_touched[q] = true;
       }
     }
-    int count = 0;
-    for (int q = 0; q < op.levels; ++q) {
-      touched[count] = static_cast<std::uint8_t>(q);
-      count += is_touched[q] ? 1 : 0;
-    }
-    return count;
+    return list_touched(is_touched, op.levels, touched);
   }
 };
 
@@ -610,6 +596,20 @@ struct avx2 {
     }
   }
 
+  /// Writes (is_first) or adds the int32 sums s to the bucket row of the tile.
+  template <int Vectors>
+  static REPARAM_LOG_SHIFT_INLINE void flush(const __m256i (&s)[static_cast<std::size_t>(Vectors)],
+                                             std::int32_t* bucket, bool is_first) noexcept {
+    for (int i = 0; i < Vectors; ++i) {
+      __m256i sum = s[i];
+      auto* p = reinterpret_cast<__m256i*>(bucket + i * vector_cols);
+      if (!is_first) {
+        sum = _mm256_add_epi32(sum, _mm256_loadu_si256(p));
+      }
+      _mm256_storeu_si256(p, sum);
+    }
+  }
+
   /// Bucket rows of columns [col0, col0 + 8 Vectors) for every present level of one chunk; a
   /// level with at most max_keys16 keys is summed in int16 (paddw), as in the AVX-512 paths.
   template <int Vectors>
@@ -621,6 +621,7 @@ struct avx2 {
       const int q = lists.present[k];
       const std::uint16_t* keys = lists.keys + lists.begin[q];
       const index n = lists.begin[q + 1] - lists.begin[q];
+      std::int32_t* bucket = buckets + q * cols + col0;
       if (n <= max_keys16) {
         __m128i s16[static_cast<std::size_t>(Vectors)];
         for (int i = 0; i < Vectors; ++i) {
@@ -634,15 +635,11 @@ struct avx2 {
             s16[i] = _mm_add_epi16(s16[i], x);
           }
         }
-        std::int32_t* bucket = buckets + q * cols + col0;
+        __m256i wide[static_cast<std::size_t>(Vectors)];
         for (int i = 0; i < Vectors; ++i) {
-          __m256i s = _mm256_cvtepi16_epi32(s16[i]);
-          auto* p = reinterpret_cast<__m256i*>(bucket + i * vector_cols);
-          if (is_touched[q]) {
-            s = _mm256_add_epi32(s, _mm256_loadu_si256(p));
-          }
-          _mm256_storeu_si256(p, s);
+          wide[i] = _mm256_cvtepi16_epi32(s16[i]);
         }
+        flush<Vectors>(wide, bucket, !is_touched[q]);
         continue;
       }
       __m256i a[static_cast<std::size_t>(Vectors)];
@@ -659,15 +656,10 @@ struct avx2 {
       if (t < n) {
         add_row<Vectors>(a, base + index{keys[t]} * v_row_stride);
       }
-      std::int32_t* bucket = buckets + q * cols + col0;
       for (int i = 0; i < Vectors; ++i) {
-        __m256i s = _mm256_add_epi32(a[i], b[i]);
-        auto* p = reinterpret_cast<__m256i*>(bucket + i * vector_cols);
-        if (is_touched[q]) {
-          s = _mm256_add_epi32(s, _mm256_loadu_si256(p));
-        }
-        _mm256_storeu_si256(p, s);
+        a[i] = _mm256_add_epi32(a[i], b[i]);
       }
+      flush<Vectors>(a, bucket, !is_touched[q]);
     }
   }
 
@@ -678,20 +670,10 @@ struct avx2 {
     const index vector_end = cols / vector_cols * vector_cols;
     for (index col0 = 0; col0 < vector_end; col0 += tile_cols) {
       const index width = vector_end - col0 < tile_cols ? vector_end - col0 : tile_cols;
-      switch (width / vector_cols) {
-        case 1:
-          tile<1>(chunk_v, v_row_stride, lists, col0, cols, max_keys16, buckets, is_touched);
-          break;
-        case 2:
-          tile<2>(chunk_v, v_row_stride, lists, col0, cols, max_keys16, buckets, is_touched);
-          break;
-        case 3:
-          tile<3>(chunk_v, v_row_stride, lists, col0, cols, max_keys16, buckets, is_touched);
-          break;
-        default:
-          tile<4>(chunk_v, v_row_stride, lists, col0, cols, max_keys16, buckets, is_touched);
-          break;
-      }
+      with_count<max_vectors>(width / vector_cols, [&](auto vectors) {
+        tile<decltype(vectors)::value>(chunk_v, v_row_stride, lists, col0, cols, max_keys16,
+                                       buckets, is_touched);
+      });
     }
     if (vector_end < cols) {
       for (int k = 0; k < lists.present_count; ++k) {
@@ -791,12 +773,7 @@ int bucket_stage(const log_shift_operand& op, index row, index max_keys16,
       is_touched[lists.present[k]] = true;
     }
   }
-  int count = 0;
-  for (int q = 0; q < op.levels; ++q) {
-    touched[count] = static_cast<std::uint8_t>(q);
-    count += is_touched[q] ? 1 : 0;
-  }
-  return count;
+  return list_touched(is_touched, op.levels, touched);
 }
 
 }  // namespace detail::log_shift
