@@ -64,7 +64,9 @@ inline Scalar round_as(Scalar x) noexcept {
   }
   const Scalar down = std::floor(x);
   if constexpr (Mode == rounding::floor) {
-    return down;
+    // copysign: without SSE4.1, GCC expands floor inline as trunc(x) - (trunc(x) > x), and
+    // 0.0 - 0.0 is -0.0 under FE_DOWNWARD; floor(x) always has the sign of x.
+    return std::copysign(down, x);
   } else {
     const auto half = Scalar(0.5);
     const Scalar middle = down + half;  // exact
