@@ -88,6 +88,52 @@ inline value_range to_value_range(const std::vector<double>& lo, const std::vect
   return out;
 }
 
+/// The state both observers share: the spec, the column count fixed by the first batch, and the
+/// per-slot range in double. observe() takes each batch's min/max (batch_min_max checks it); the
+/// first batch sets the range, later ones go through merge(range, batch, is_lo) per bound.
+class observed_ranges {
+ public:
+  observed_ranges(const uniform_spec& spec, const char* function) : spec_(spec) {
+    check_observer_spec(spec, function);
+  }
+  template <class Derived, class Merge>
+  void observe(const Eigen::MatrixBase<Derived>& x, const char* function, Merge merge) {
+    reparam::detail::static_check_input<Derived>();
+    if (x.rows() == 0) {
+      return;
+    }
+    std::vector<double> lo;
+    std::vector<double> hi;
+    batch_min_max(x, spec_.axis, batches_ > 0 ? cols_ : -1, function, lo, hi);
+    if (batches_ == 0) {
+      lo_ = std::move(lo);
+      hi_ = std::move(hi);
+      cols_ = x.cols();
+    } else {
+      for (std::size_t s = 0; s < lo_.size(); ++s) {
+        merge(lo_[s], lo[s], true);
+        merge(hi_[s], hi[s], false);
+      }
+    }
+    ++batches_;
+  }
+  value_range range(const char* function) const {
+    reparam::detail::check(batches_ > 0, function, "observed no data");
+    return to_value_range(lo_, hi_);
+  }
+  uniform_quantizer quantizer(const value_range& r) const {
+    return make_uniform_quantizer(spec_, r.lo, r.hi);
+  }
+  index batches() const noexcept { return batches_; }
+
+ private:
+  uniform_spec spec_;
+  index cols_ = -1;
+  index batches_ = 0;
+  std::vector<double> lo_;  ///< per slot, the combined range of the values seen (in double)
+  std::vector<double> hi_;
+};
+
 }  // namespace detail
 
 /// Running min/max per slot over every batch observed. The slot layout comes from `spec`
@@ -98,53 +144,26 @@ inline value_range to_value_range(const std::vector<double>& lo, const std::vect
 /// (observe mutates); allocates.
 class minmax_observer {
  public:
-  explicit minmax_observer(const uniform_spec& spec) : spec_(spec) {
-    detail::check_observer_spec(spec, "scale::minmax_observer");
-  }
+  explicit minmax_observer(const uniform_spec& spec) : state_(spec, "scale::minmax_observer") {}
   /// Adds x [tokens, cols] (float or double). Throws reparam::error on a non-finite value, on a
   /// cols change, and leaves the observer unchanged then. Empty x (0 rows) is a no-op.
   /// Also refuses 0 columns and |x| > FLT_MAX / 2.
   template <class Derived>
   void observe(const Eigen::MatrixBase<Derived>& x) {
-    reparam::detail::static_check_input<Derived>();
-    if (x.rows() == 0) {
-      return;
-    }
-    std::vector<double> lo;
-    std::vector<double> hi;
-    detail::batch_min_max(x, spec_.axis, batches_ > 0 ? cols_ : -1,
-                          "scale::minmax_observer::observe", lo, hi);
-    if (batches_ == 0) {
-      lo_ = std::move(lo);
-      hi_ = std::move(hi);
-      cols_ = x.cols();
-    } else {
-      for (std::size_t s = 0; s < lo_.size(); ++s) {
-        lo_[s] = std::min(lo_[s], lo[s]);
-        hi_[s] = std::max(hi_[s], hi[s]);
-      }
-    }
-    ++batches_;
+    state_.observe(x, "scale::minmax_observer::observe",
+                   [](double& range, double batch, bool is_lo) {
+                     range = is_lo ? std::min(range, batch) : std::max(range, batch);
+                   });
   }
   /// Throws reparam::error ("... observed no data") if nothing was observed.
-  value_range range() const {
-    reparam::detail::check(batches_ > 0, "scale::minmax_observer::range", "observed no data");
-    return detail::to_value_range(lo_, hi_);
-  }
+  value_range range() const { return state_.range("scale::minmax_observer::range"); }
   /// make_uniform_quantizer(spec, range()).
-  uniform_quantizer quantizer() const {
-    const value_range r = range();
-    return make_uniform_quantizer(spec_, r.lo, r.hi);
-  }
+  uniform_quantizer quantizer() const { return state_.quantizer(range()); }
   /// Number of non-empty batches observed.
-  index batches() const noexcept { return batches_; }
+  index batches() const noexcept { return state_.batches(); }
 
  private:
-  uniform_spec spec_;
-  index cols_ = -1;
-  index batches_ = 0;
-  std::vector<double> lo_;  ///< per slot, exact min of the values seen (widened to double)
-  std::vector<double> hi_;
+  detail::observed_ranges state_;
 };
 
 /// Exponential moving average of each batch's min/max: the first batch sets the range, then
@@ -155,53 +174,26 @@ class minmax_observer {
 class moving_average_minmax_observer {
  public:
   explicit moving_average_minmax_observer(const uniform_spec& spec, double momentum = 0.01)
-      : spec_(spec), momentum_(momentum) {
-    constexpr const char* function = "scale::moving_average_minmax_observer";
-    detail::check_observer_spec(spec, function);
-    reparam::detail::check(momentum > 0.0 && momentum <= 1.0, function, "momentum ", momentum,
+      : state_(spec, "scale::moving_average_minmax_observer"), momentum_(momentum) {
+    reparam::detail::check(momentum > 0.0 && momentum <= 1.0,
+                           "scale::moving_average_minmax_observer", "momentum ", momentum,
                            " is outside (0, 1]");
   }
   template <class Derived>
   void observe(const Eigen::MatrixBase<Derived>& x) {
-    reparam::detail::static_check_input<Derived>();
-    if (x.rows() == 0) {
-      return;
-    }
-    std::vector<double> lo;
-    std::vector<double> hi;
-    detail::batch_min_max(x, spec_.axis, batches_ > 0 ? cols_ : -1,
-                          "scale::moving_average_minmax_observer::observe", lo, hi);
-    if (batches_ == 0) {
-      lo_ = std::move(lo);
-      hi_ = std::move(hi);
-      cols_ = x.cols();
-    } else {
-      const double keep = 1.0 - momentum_;
-      for (std::size_t s = 0; s < lo_.size(); ++s) {
-        lo_[s] = keep * lo_[s] + momentum_ * lo[s];
-        hi_[s] = keep * hi_[s] + momentum_ * hi[s];
-      }
-    }
-    ++batches_;
+    const double keep = 1.0 - momentum_;
+    state_.observe(x, "scale::moving_average_minmax_observer::observe",
+                   [keep, this](double& range, double batch, bool) {
+                     range = keep * range + momentum_ * batch;
+                   });
   }
-  value_range range() const {
-    reparam::detail::check(batches_ > 0, "scale::moving_average_minmax_observer::range",
-                           "observed no data");
-    return detail::to_value_range(lo_, hi_);
-  }
-  uniform_quantizer quantizer() const {
-    const value_range r = range();
-    return make_uniform_quantizer(spec_, r.lo, r.hi);
-  }
-  index batches() const noexcept { return batches_; }
+  value_range range() const { return state_.range("scale::moving_average_minmax_observer::range"); }
+  uniform_quantizer quantizer() const { return state_.quantizer(range()); }
+  index batches() const noexcept { return state_.batches(); }
 
  private:
-  uniform_spec spec_;
+  detail::observed_ranges state_;
   double momentum_;
-  index cols_ = -1;
-  index batches_ = 0;
-  std::vector<double> lo_;
-  std::vector<double> hi_;
 };
 
 namespace detail {
