@@ -130,20 +130,50 @@ void runner::attention(int layer, index count) {
 
 reparam::const_matrix_map<float> runner::prefill(const int* tokens, index count, bool all_logits) {
   constexpr const char* function = "llama::runner::prefill";
+  check_batch(function, count);
+  for (index t = 0; t < count; ++t) {
+    reparam::detail::check(tokens[t] >= 0 && tokens[t] < config_.vocab_size, function, "tokens[", t,
+                           "] = ", tokens[t], " not in [0, vocab_size ", config_.vocab_size, ")");
+  }
+  for (index t = 0; t < count; ++t) x_.row(t) = model_->token_embedding().row(tokens[t]);
+  return run_layers(count, all_logits);
+}
+
+reparam::const_matrix_map<float> runner::prefill_embeddings(
+    const reparam::const_matrix_map<float>& embeddings, bool all_logits) {
+  constexpr const char* function = "llama::runner::prefill_embeddings";
+  const index count = embeddings.rows();
+  reparam::detail::check(embeddings.cols() == config_.dim, function, "embeddings have ",
+                         embeddings.cols(), " columns; the model's dim is ", config_.dim);
+  check_batch(function, count);
+  for (index t = 0; t < count; ++t) {
+    for (index c = 0; c < config_.dim; ++c) {
+      reparam::detail::check(std::isfinite(embeddings(t, c)), function, "embeddings(", t, ", ", c,
+                             ") is ", embeddings(t, c));
+    }
+  }
+  x_.topRows(count) = embeddings;
+  return run_layers(count, all_logits);
+}
+
+reparam::const_vector_map<float> runner::step_embedding(const reparam::const_vector_map<float>& x) {
+  const auto logits =
+      prefill_embeddings(reparam::row_major_map(x.data(), 1, static_cast<index>(x.size())), false);
+  return reparam::const_vector_map<float>(logits.data(), logits.cols());
+}
+
+void runner::check_batch(const char* function, index count) const {
   reparam::detail::check(count >= 1 && count <= max_batch_, function, "count ", count,
                          " not in [1, max_batch ", max_batch_, "]");
   reparam::detail::check(position_ + count <= config_.seq_len, function, "position ", position_,
                          " + count ", count, " exceeds seq_len ", config_.seq_len,
                          "; call reset()");
-  for (index t = 0; t < count; ++t) {
-    reparam::detail::check(tokens[t] >= 0 && tokens[t] < config_.vocab_size, function, "tokens[", t,
-                           "] = ", tokens[t], " not in [0, vocab_size ", config_.vocab_size, ")");
-  }
+}
+
+reparam::const_matrix_map<float> runner::run_layers(index count, bool all_logits) {
   const model& m = *model_;
   const index head_size = config_.head_size();
   const index kv_dim = config_.kv_dim();
-
-  for (index t = 0; t < count; ++t) x_.row(t) = m.token_embedding().row(tokens[t]);
 
   for (int layer = 0; layer < config_.n_layers; ++layer) {
     // Attention block.

@@ -57,6 +57,14 @@ class runner {
   /// dense default layers (and an allocation-free capture hook).
   reparam::const_vector_map<float> step(int token);
 
+  /// Feeds input embeddings [count, dim] instead of tokens (soft tokens: mixtures of embedding
+  /// rows), at positions position().. in one batch; otherwise as prefill. Throws on a width other
+  /// than dim, non-finite entries, or count outside [1, max_batch()] / past seq_len.
+  reparam::const_matrix_map<float> prefill_embeddings(
+      const reparam::const_matrix_map<float>& embeddings, bool all_logits = true);
+  /// One decode step on an input embedding [dim]; returns its logits [vocab].
+  reparam::const_vector_map<float> step_embedding(const reparam::const_vector_map<float>& x);
+
   /// Installs (or, with an empty function, removes) the capture hook. When unset it costs one
   /// branch per linear call.
   void set_capture(capture_fn fn) { capture_ = std::move(fn); }
@@ -68,6 +76,9 @@ class runner {
   void apply_linear(int layer, linear_kind kind, const reparam::const_matrix_map<float>& x,
                     reparam::matrix_map<float> y) const;
   void attention(int layer, reparam::index count);
+  void check_batch(const char* function, reparam::index count) const;
+  // The transformer over the inputs already in x_[0, count): layers, final norm, classifier.
+  reparam::const_matrix_map<float> run_layers(reparam::index count, bool all_logits);
 
   const model* model_;
   model_config config_;
