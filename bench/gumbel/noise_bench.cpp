@@ -39,54 +39,48 @@ void set_counters(benchmark::State& state, index batch, index vocab, std::size_t
                           static_cast<std::int64_t>(element_bytes));
 }
 
-template <class T>
-void bm_mt19937(benchmark::State& state) {
+/// The benchmark loop over a [batch, vocab] output: fill(key, out) per iteration, each with the
+/// next step of the key, as a decoder would.
+template <class T, class Fill>
+void run_fill(benchmark::State& state, Fill fill) {
   const index batch = state.range(0);
   const index vocab = state.range(1);
   matrix<T> out(batch, vocab);
-  std::mt19937 engine(20240607u);
-  std::uniform_real_distribution<double> uniform;
+  gb::noise_key key{20240607u, 0};
   for (auto _ : state) {
-    for (index r = 0; r < batch; ++r) {
-      T* row = out.row(r).data();
-      for (index c = 0; c < vocab; ++c) {
-        row[c] = static_cast<T>(-std::log(-std::log(uniform(engine))));
-      }
-    }
+    fill(key, out);
+    ++key.step;
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, batch, vocab, sizeof(T));
+}
+
+template <class T>
+void bm_mt19937(benchmark::State& state) {
+  std::mt19937 engine(20240607u);
+  std::uniform_real_distribution<double> uniform;
+  run_fill<T>(state, [&](gb::noise_key, matrix<T>& out) {
+    for (index r = 0; r < out.rows(); ++r) {
+      T* row = out.row(r).data();
+      for (index c = 0; c < out.cols(); ++c) {
+        row[c] = static_cast<T>(-std::log(-std::log(uniform(engine))));
+      }
+    }
+  });
 }
 
 template <class T>
 void bm_reference(benchmark::State& state) {
-  const index batch = state.range(0);
-  const index vocab = state.range(1);
-  matrix<T> out(batch, vocab);
-  gb::noise_key key{20240607u, 0};
-  for (auto _ : state) {
-    reparam::kernels::gumbel_noise_fill_reference<T>(key, 0, batch, vocab, out.data(), vocab);
-    ++key.step;
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, batch, vocab, sizeof(T));
+  run_fill<T>(state, [](gb::noise_key key, matrix<T>& out) {
+    reparam::kernels::gumbel_noise_fill_reference<T>(key, 0, out.rows(), out.cols(), out.data(),
+                                                     out.cols());
+  });
 }
 
 template <class Arch, class T>
 void bm_simd(benchmark::State& state) {
-  const index batch = state.range(0);
-  const index vocab = state.range(1);
-  matrix<T> out(batch, vocab);
-  gb::noise_key key{20240607u, 0};
-  for (auto _ : state) {
-    gb::fill_gumbel<Arch, T>(key, out);
-    ++key.step;
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, batch, vocab, sizeof(T));
+  run_fill<T>(state, [](gb::noise_key key, matrix<T>& out) { gb::fill_gumbel<Arch, T>(key, out); });
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

@@ -106,7 +106,43 @@ void set_bytes(benchmark::State& state, const shape& s) {
                           static_cast<std::int64_t>(sizeof(float)));
 }
 
-gumbel::noise_key next_key(std::uint32_t& step) { return {0x5eed, step++}; }
+/// The benchmark loop: iteration(key) once per iteration, each with a new noise step, then
+/// `out` made observable.
+template <class Out, class Iteration>
+void run(benchmark::State& state, const shape& s, const Out& out, Iteration iteration) {
+  std::uint32_t step = 0;
+  for (auto _ : state) {
+    iteration(gumbel::noise_key{0x5eed, step++});
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, s);
+}
+
+/// out[r] = the first class c < vocab with the largest value(r, c) above `floor`, every row.
+template <class Value>
+void running_argmax(const shape& s, double floor, std::vector<index>& out, Value value) {
+  for (index r = 0; r < s.batch; ++r) {
+    double best = floor;
+    index arg = 0;
+    for (index c = 0; c < s.vocab; ++c) {
+      const double v = value(r, c);
+      if (v > best) {
+        best = v;
+        arg = c;
+      }
+    }
+    out[static_cast<std::size_t>(r)] = arg;
+  }
+}
+
+/// out[r] = pick(r), every row.
+template <class Pick>
+void per_row(const shape& s, std::vector<index>& out, Pick pick) {
+  for (index r = 0; r < s.batch; ++r) {
+    out[static_cast<std::size_t>(r)] = pick(static_cast<std::uint64_t>(r));
+  }
+}
 
 // ---- max ----
 
@@ -117,18 +153,9 @@ void bm_max_mt19937(benchmark::State& state) {
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::vector<index> out(static_cast<std::size_t>(s.batch));
   for (auto _ : state) {
-    for (index r = 0; r < s.batch; ++r) {
-      double best = -std::numeric_limits<double>::infinity();
-      index arg = 0;
-      for (index c = 0; c < s.vocab; ++c) {
-        const double v = static_cast<double>(logits(r, c)) - std::log(-std::log(uniform(engine)));
-        if (v > best) {
-          best = v;
-          arg = c;
-        }
-      }
-      out[static_cast<std::size_t>(r)] = arg;
-    }
+    running_argmax(s, -std::numeric_limits<double>::infinity(), out, [&](index r, index c) {
+      return static_cast<double>(logits(r, c)) - std::log(-std::log(uniform(engine)));
+    });
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -139,17 +166,12 @@ void bm_max_reference(benchmark::State& state) {
   const shape s = shape_of(state);
   const matrix<float> logits = make_logits(s);
   std::vector<index> out(static_cast<std::size_t>(s.batch));
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    const gumbel::noise_key key = next_key(step);
-    for (index r = 0; r < s.batch; ++r) {
-      out[static_cast<std::size_t>(r)] = reparam::kernels::reference::gumbel_max_row(
-          logits.row(r).data(), s.vocab, 1.0, key, static_cast<std::uint64_t>(r));
-    }
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  run(state, s, out, [&](gumbel::noise_key key) {
+    per_row(s, out, [&](std::uint64_t r) {
+      return reparam::kernels::reference::gumbel_max_row(logits.row(static_cast<index>(r)).data(),
+                                                         s.vocab, 1.0, key, r);
+    });
+  });
 }
 
 template <class Arch>
@@ -157,13 +179,9 @@ void bm_max_simd(benchmark::State& state) {
   const shape s = shape_of(state);
   const matrix<float> logits = make_logits(s);
   gumbel::index_vector out(s.batch);
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    gumbel::gumbel_max_rows<Arch>(logits, next_key(step), out, reparam::all_rows(s.batch));
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  run(state, s, out, [&](gumbel::noise_key key) {
+    gumbel::gumbel_max_rows<Arch>(logits, key, out, reparam::all_rows(s.batch));
+  });
 }
 
 // ---- top_k ----
@@ -178,7 +196,7 @@ void bm_top_k_mt19937(benchmark::State& state) {
   const auto before = [](const std::pair<double, index>& a, const std::pair<double, index>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  for (auto _ : state) {
+  run(state, s, out, [&](gumbel::noise_key) {
     for (index r = 0; r < s.batch; ++r) {
       for (index c = 0; c < s.vocab; ++c) {
         perturbed[static_cast<std::size_t>(c)] = {
@@ -190,10 +208,7 @@ void bm_top_k_mt19937(benchmark::State& state) {
         out(r, j) = perturbed[static_cast<std::size_t>(j)].second;
       }
     }
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  });
 }
 
 void bm_top_k_reference(benchmark::State& state) {
@@ -201,18 +216,13 @@ void bm_top_k_reference(benchmark::State& state) {
   const matrix<float> logits = make_logits(s);
   gumbel::index_matrix out(s.batch, top_k);
   std::vector<double> values(static_cast<std::size_t>(top_k));
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    const gumbel::noise_key key = next_key(step);
+  run(state, s, out, [&](gumbel::noise_key key) {
     for (index r = 0; r < s.batch; ++r) {
       reparam::kernels::reference::gumbel_top_k_row(logits.row(r).data(), s.vocab, 1.0, key,
                                                     static_cast<std::uint64_t>(r), top_k,
                                                     out.row(r).data(), values.data());
     }
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  });
 }
 
 template <class Arch>
@@ -220,13 +230,9 @@ void bm_top_k_simd(benchmark::State& state) {
   const shape s = shape_of(state);
   const matrix<float> logits = make_logits(s);
   gumbel::index_matrix out(s.batch, top_k);
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    gumbel::gumbel_top_k_rows<Arch>(logits, top_k, next_key(step), out, reparam::all_rows(s.batch));
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  run(state, s, out, [&](gumbel::noise_key key) {
+    gumbel::gumbel_top_k_rows<Arch>(logits, top_k, key, out, reparam::all_rows(s.batch));
+  });
 }
 
 // ---- from_probs ----
@@ -238,18 +244,9 @@ void bm_from_probs_mt19937(benchmark::State& state) {
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::vector<index> out(static_cast<std::size_t>(s.batch));
   for (auto _ : state) {
-    for (index r = 0; r < s.batch; ++r) {
-      double best = -1.0;
-      index arg = 0;
-      for (index c = 0; c < s.vocab; ++c) {
-        const double v = static_cast<double>(probs(r, c)) / -std::log(uniform(engine));
-        if (v > best) {
-          best = v;
-          arg = c;
-        }
-      }
-      out[static_cast<std::size_t>(r)] = arg;
-    }
+    running_argmax(s, -1.0, out, [&](index r, index c) {
+      return static_cast<double>(probs(r, c)) / -std::log(uniform(engine));
+    });
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -260,17 +257,12 @@ void bm_from_probs_reference(benchmark::State& state) {
   const shape s = shape_of(state);
   const matrix<float> probs = softmax_rows(make_logits(s));
   std::vector<index> out(static_cast<std::size_t>(s.batch));
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    const gumbel::noise_key key = next_key(step);
-    for (index r = 0; r < s.batch; ++r) {
-      out[static_cast<std::size_t>(r)] = reparam::kernels::reference::sample_from_probs_row(
-          probs.row(r).data(), s.vocab, key, static_cast<std::uint64_t>(r));
-    }
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  run(state, s, out, [&](gumbel::noise_key key) {
+    per_row(s, out, [&](std::uint64_t r) {
+      return reparam::kernels::reference::sample_from_probs_row(
+          probs.row(static_cast<index>(r)).data(), s.vocab, key, r);
+    });
+  });
 }
 
 template <class Arch>
@@ -278,13 +270,9 @@ void bm_from_probs_simd(benchmark::State& state) {
   const shape s = shape_of(state);
   const matrix<float> probs = softmax_rows(make_logits(s));
   gumbel::index_vector out(s.batch);
-  std::uint32_t step = 0;
-  for (auto _ : state) {
-    gumbel::sample_from_probs_rows<Arch>(probs, next_key(step), out, reparam::all_rows(s.batch));
-    benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, s);
+  run(state, s, out, [&](gumbel::noise_key key) {
+    gumbel::sample_from_probs_rows<Arch>(probs, key, out, reparam::all_rows(s.batch));
+  });
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

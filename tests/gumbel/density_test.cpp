@@ -19,22 +19,15 @@
 #include <reparam/core/views.hpp>
 #include <reparam/gumbel/softmax.hpp>
 
+#include "support/gumbel_oracles.hpp"
 #include "support/random.hpp"
 #include "support/statistics.hpp"
 
 namespace {
 
-using Catch::Matchers::Contains;
-using reparam::all_rows;
 using reparam::index;
-using reparam::matrix;
-using reparam::matrix_ref;
-using reparam::row_range;
-using reparam::vector;
 using namespace reparam::gumbel;  // NOLINT(google-build-using-namespace): test file
-
-using real = long double;
-constexpr double inf = std::numeric_limits<double>::infinity();
+using namespace reparam::test;    // NOLINT(google-build-using-namespace): the shared oracles
 
 /// log sigmoid(s), accurate in both tails.
 double log_sigmoid(double s) {
@@ -96,14 +89,16 @@ void two_class_points(const std::vector<double>& s, matrix<double>& y, matrix<do
   }
 }
 
-matrix<double> repeated(const std::vector<double>& logits, index rows) {
-  matrix<double> out(rows, static_cast<index>(logits.size()));
+/// A [rows, k] matrix whose row r is simplex_point(k, first_seed + r).
+matrix<double> simplex_rows(index rows, index k, std::uint64_t first_seed) {
+  matrix<double> y(rows, k);
   for (index r = 0; r < rows; ++r) {
-    for (index c = 0; c < out.cols(); ++c) {
-      out(r, c) = logits[static_cast<std::size_t>(c)];
+    const std::vector<real> p = simplex_point(k, first_seed + static_cast<std::uint64_t>(r));
+    for (index c = 0; c < k; ++c) {
+      y(r, c) = static_cast<double>(p[at(c)]);
     }
   }
-  return out;
+  return y;
 }
 
 TEST_CASE("the two-class Concrete density of y1 integrates to 1 on (0, 1)", "[gumbel][density]") {
@@ -125,7 +120,7 @@ TEST_CASE("the two-class Concrete density of y1 integrates to 1 on (0, 1)", "[gu
       matrix<double> y;
       matrix<double> z;
       two_class_points(s, y, z);
-      const matrix<double> logits = repeated(l, n);
+      const matrix<double> logits = repeated_rows(l, n);
       const vector<double> log_py = concrete_log_prob(y, logits, t);
       const vector<double> log_pz = exp_concrete_log_prob(z, logits, t);
       real integral_y = 0;
@@ -187,13 +182,7 @@ TEST_CASE(
   const index rows = 8;
   const index k = 5;
   const matrix<double> l = reparam::test::random_matrix<double>(rows, k, 61, -3.0, 3.0);
-  matrix<double> y(rows, k);
-  for (index r = 0; r < rows; ++r) {
-    const std::vector<real> p = simplex_point(k, 900 + static_cast<std::uint64_t>(r));
-    for (index c = 0; c < k; ++c) {
-      y(r, c) = static_cast<double>(p[static_cast<std::size_t>(c)]);
-    }
-  }
+  const matrix<double> y = simplex_rows(rows, k, 900);
   const matrix<double> z = y.array().log().matrix();
   for (const double t : {0.05, 0.5, 5.0}) {
     const vector<double> base = exp_concrete_log_prob(z, l, t);
@@ -265,27 +254,15 @@ TEST_CASE("a per-row temperature gives one log-density per row (pytorch#37162)",
   const index rows = 4;
   const index k = 3;
   const matrix<double> l = reparam::test::random_matrix<double>(rows, k, 81, -1.0, 1.0);
-  matrix<double> y(rows, k);
-  for (index r = 0; r < rows; ++r) {
-    const std::vector<real> p = simplex_point(k, 300 + static_cast<std::uint64_t>(r));
-    for (index c = 0; c < k; ++c) {
-      y(r, c) = static_cast<double>(p[static_cast<std::size_t>(c)]);
-    }
-  }
+  const matrix<double> y = simplex_rows(rows, k, 300);
   vector<double> taus(rows);
   taus << 0.1, 0.5, 1.0, 4.0;
   const vector<double> out = concrete_log_prob(y, l, temperature::per_row(taus));
   REQUIRE(out.size() == rows);
   vector<double> by_rows = vector<double>::Constant(rows, 7.0);
   for (index r = 0; r < rows; ++r) {
-    std::vector<real> lr;
-    std::vector<real> yr;
-    for (index c = 0; c < k; ++c) {
-      lr.push_back(static_cast<real>(l(r, c)));
-      yr.push_back(static_cast<real>(y(r, c)));
-    }
-    const auto expected =
-        static_cast<double>(maddison_log_density(lr, yr, static_cast<real>(taus[r])));
+    const auto expected = static_cast<double>(
+        maddison_log_density(row_as<real>(l, r), row_as<real>(y, r), static_cast<real>(taus[r])));
     CAPTURE(r, out[r], expected);
     CHECK(std::abs(out[r] - expected) < 1e-11 * (1.0 + std::abs(expected)));
     // The row form over one row with that row's tau (a scalar) agrees.
@@ -333,6 +310,16 @@ void simpson(double a, double b, int m, std::vector<double>& nodes, std::vector<
   }
 }
 
+/// z of n log-space samples of one logits row: the rows of an [n, K] matrix get independent noise.
+matrix<double> log_space_draws(const std::vector<double>& l, index n, double t, noise_key key) {
+  const matrix<double> logits = repeated_rows(l, n);
+  matrix<double> perturbed(n, logits.cols());
+  matrix<double> z(n, logits.cols());
+  index_vector hot(n);
+  log_gumbel_softmax_rows(logits, t, key, perturbed, matrix_ref<double>(z), hot, all_rows(n));
+  return z;
+}
+
 TEST_CASE("the ExpConcrete density of z1 - z2 is the law of two-class log-space samples",
           "[gumbel][density]") {
   // For K = 2, exp_concrete_log_prob is the density of s = z1 - z2 (the Jacobian of
@@ -340,12 +327,7 @@ TEST_CASE("the ExpConcrete density of z1 - z2 is the law of two-class log-space 
   const double t = 0.6;
   const std::vector<double> l = {0.8, -0.3};
   const index n = 100000;
-  const matrix<double> logits = repeated(l, n);
-  matrix<double> perturbed(n, 2);
-  matrix<double> z(n, 2);
-  index_vector hot(n);
-  log_gumbel_softmax_rows(logits, t, noise_key{2, 7}, perturbed, matrix_ref<double>(z), hot,
-                          all_rows(n));
+  const matrix<double> z = log_space_draws(l, n, t, noise_key{2, 7});
   const double center = (l[0] - l[1]) / t;
   const double width = 1.8 / t;  // the sd of a logistic / tau, roughly
   std::vector<double> edges = {center - 45.0 / t};
@@ -373,7 +355,7 @@ TEST_CASE("the ExpConcrete density of z1 - z2 is the law of two-class log-space 
     matrix<double> zz;
     two_class_points(nodes, y, zz);
     const vector<double> log_p =
-        exp_concrete_log_prob(zz, repeated(l, static_cast<index>(nodes.size())), t);
+        exp_concrete_log_prob(zz, repeated_rows(l, static_cast<index>(nodes.size())), t);
     double mass = 0.0;
     for (std::size_t i = 0; i < nodes.size(); ++i) {
       mass += weights[i] * std::exp(log_p[static_cast<index>(i)]);
@@ -395,12 +377,7 @@ TEST_CASE("the three-class ExpConcrete density normalizes and is the law of log-
   const double t = 0.7;
   const std::vector<double> l = {0.3, -0.4, 0.5};
   const index n = 100000;
-  const matrix<double> logits = repeated(l, n);
-  matrix<double> perturbed(n, 3);
-  matrix<double> z(n, 3);
-  index_vector hot(n);
-  log_gumbel_softmax_rows(logits, t, noise_key{3, 11}, perturbed, matrix_ref<double>(z), hot,
-                          all_rows(n));
+  const matrix<double> z = log_space_draws(l, n, t, noise_key{3, 11});
   std::vector<std::vector<double>> edges(2);
   for (std::size_t d = 0; d < 2; ++d) {
     const double center = (l[d] - l[2]) / t;
@@ -447,7 +424,7 @@ TEST_CASE("the three-class ExpConcrete density normalizes and is the law of log-
           ++p;
         }
       }
-      const vector<double> log_p = exp_concrete_log_prob(zz, repeated(l, points), t);
+      const vector<double> log_p = exp_concrete_log_prob(zz, repeated_rows(l, points), t);
       double mass = 0.0;
       p = 0;
       for (const double a : w0) {

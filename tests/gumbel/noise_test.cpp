@@ -40,19 +40,16 @@
 #include <reparam/kernels/simd/gumbel_noise.hpp>
 
 #include "support/count_allocations.hpp"
+#include "support/gumbel_oracles.hpp"
 #include "support/statistics.hpp"
 
 namespace {
 
 namespace gb = reparam::gumbel;
 namespace kr = reparam::kernels;
-using Catch::Matchers::Contains;
 using reparam::index;
-using reparam::matrix;
-using reparam::row_range;
-using reparam::vector;
+using namespace reparam::test;  // NOLINT(google-build-using-namespace): the shared oracles
 
-constexpr double inf = std::numeric_limits<double>::infinity();
 constexpr double two_pow_52 = 4503599627370496.0;
 constexpr double pi = 3.14159265358979323846;
 

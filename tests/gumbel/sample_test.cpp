@@ -27,6 +27,7 @@
 #include <reparam/kernels/simd/gumbel_max.hpp>
 
 #include "support/count_allocations.hpp"
+#include "support/gumbel_oracles.hpp"
 #include "support/random.hpp"
 #include "support/statistics.hpp"
 
@@ -34,12 +35,9 @@ namespace {
 
 namespace gumbel = reparam::gumbel;
 namespace kernels = reparam::kernels;
-using Catch::Matchers::Contains;
 using reparam::index;
-using reparam::matrix;
-using reparam::row_range;
+using namespace reparam::test;  // NOLINT(google-build-using-namespace): the shared oracles
 
-constexpr double inf = std::numeric_limits<double>::infinity();
 constexpr float finf = std::numeric_limits<float>::infinity();
 
 /// Draws per goodness-of-fit test (the main laws; variations use a quarter), and the p-value
@@ -52,21 +50,6 @@ constexpr index draws = 100000;  // unoptimized sanitizer builds: same tests, fe
 #endif
 constexpr index few_draws = draws / 4;
 constexpr double min_p_value = 1e-4;
-
-/// softmax(l / tau) in double with the max shifted out; -inf gives 0.
-std::vector<double> softmax(const std::vector<double>& logits, double tau = 1.0) {
-  const double top = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double sum = 0.0;
-  for (std::size_t i = 0; i < logits.size(); ++i) {
-    p[i] = logits[i] == -inf ? 0.0 : std::exp((logits[i] - top) / tau);
-    sum += p[i];
-  }
-  for (double& x : p) {
-    x /= sum;
-  }
-  return p;
-}
 
 std::vector<double> normalized(const std::vector<double>& weights) {
   double sum = 0.0;

@@ -24,24 +24,24 @@
 #include <reparam/gumbel/soft_token.hpp>
 
 #include "support/count_allocations.hpp"
+#include "support/gumbel_oracles.hpp"
 #include "support/random.hpp"
 #include "support/statistics.hpp"
 
 namespace {
 
-using Catch::Matchers::Contains;
-using reparam::all_rows;
 using reparam::index;
-using reparam::matrix;
-using reparam::matrix_ref;
-using reparam::row_range;
-using reparam::vector;
 using namespace reparam::gumbel;  // NOLINT(google-build-using-namespace): test file
+using namespace reparam::test;    // NOLINT(google-build-using-namespace): the shared oracles
 
-using real = long double;
-constexpr double inf = std::numeric_limits<double>::infinity();
-
-std::size_t at(index i) { return static_cast<std::size_t>(i); }
+/// p = softmax(l / T) in long double with l / T formed first: exp(l / T - max(l / T)) / sum, 0 at
+/// masked classes (the form of the rollout and of the trainer's score).
+std::vector<real> scaled_softmax(std::vector<real> logits, double temperature) {
+  for (real& l : logits) {
+    l /= static_cast<real>(temperature);
+  }
+  return softmax_row(logits, 1);
+}
 
 /// The rollout of one row written out from the description of the reference sampler, in long
 /// double: p = softmax(l / T) over the vocabulary, stable sort by p (ties: lower id first), top-k,
@@ -62,21 +62,9 @@ template <class T>
 rollout_oracle oracle_rollout(const matrix<T>& logits, index r, const soft_token_config& cfg,
                               noise_key key) {
   const index vocab = logits.cols();
-  const auto t = static_cast<real>(cfg.temperature);
-  std::vector<real> p(at(vocab), 0);
-  real m = -std::numeric_limits<real>::infinity();
-  for (index c = 0; c < vocab; ++c) {
-    m = std::max(m, static_cast<real>(logits(r, c)) / t);
-  }
-  real s = 0;
-  for (index c = 0; c < vocab; ++c) {
-    const auto l = static_cast<real>(logits(r, c));
-    p[at(c)] = std::isinf(l) ? real(0) : std::exp(l / t - m);
-    s += p[at(c)];
-  }
+  const std::vector<real> p = scaled_softmax(row_as<real>(logits, r), cfg.temperature);
   std::vector<index> order;
   for (index c = 0; c < vocab; ++c) {
-    p[at(c)] /= s;
     if (!std::isinf(static_cast<real>(logits(r, c)))) {
       order.push_back(c);
     }
@@ -167,24 +155,16 @@ struct score_oracle {
 
 score_oracle oracle_score(const std::vector<real>& logits, const std::vector<index>& ids,
                           const std::vector<double>& y, const soft_token_config& cfg) {
-  const auto t = static_cast<real>(cfg.temperature);
-  real m = -std::numeric_limits<real>::infinity();
-  for (const real l : logits) {
-    m = std::max(m, l / t);
-  }
-  real s = 0;
-  for (const real l : logits) {
-    s += std::isinf(l) ? real(0) : std::exp(l / t - m);
-  }
+  const std::vector<real> p = scaled_softmax(logits, cfg.temperature);
   real id_mass = 0;
   for (const index id : ids) {
-    id_mass += std::exp(logits[at(id)] / t - m) / s;
+    id_mass += p[at(id)];
   }
   score_oracle o;
   real sum = 0;
   index count = 0;
   for (std::size_t j = 0; j < ids.size(); ++j) {
-    const real p_hat = std::exp(logits[at(ids[j])] / t - m) / s / id_mass;
+    const real p_hat = p[at(ids[j])] / id_mass;
     const real big_l = std::log(p_hat + static_cast<real>(cfg.prob_floor));
     o.mask_margin =
         std::min(o.mask_margin, std::abs(big_l - static_cast<real>(cfg.mask_threshold)));
@@ -205,30 +185,7 @@ score_oracle oracle_score(const std::vector<real>& logits, const std::vector<ind
   return o;
 }
 
-template <class T>
-std::vector<real> row_of(const matrix<T>& m, index r) {
-  std::vector<real> out;
-  for (index c = 0; c < m.cols(); ++c) {
-    out.push_back(static_cast<real>(m(r, c)));
-  }
-  return out;
-}
-
-std::vector<index> ids_of(const index_matrix& ids, index r) {
-  std::vector<index> out;
-  for (index c = 0; c < ids.cols(); ++c) {
-    out.push_back(ids(r, c));
-  }
-  return out;
-}
-
-std::vector<double> values_of(const matrix<double>& m, index r) {
-  std::vector<double> out;
-  for (index c = 0; c < m.cols(); ++c) {
-    out.push_back(m(r, c));
-  }
-  return out;
-}
+std::vector<index> ids_of(const index_matrix& ids, index r) { return row_as<index>(ids, r); }
 
 template <class T>
 void check_rollout_against_oracle(const matrix<T>& logits, const soft_token_config& cfg,
@@ -426,13 +383,7 @@ TEST_CASE("the top candidate's law is the renormalized top-k distribution withou
           "[gumbel][soft_token]") {
   const index n = 100000;
   const std::vector<double> l = {0.3, 1.2, -0.5, 0.9, 2.0, -1.0, 0.0, 1.5, -2.0, 0.6, 0.1, -0.3};
-  const auto vocab = static_cast<index>(l.size());
-  matrix<double> logits(n, vocab);
-  for (index r = 0; r < n; ++r) {
-    for (index c = 0; c < vocab; ++c) {
-      logits(r, c) = l[at(c)];
-    }
-  }
+  const matrix<double> logits = repeated_rows(l, n);
   soft_token_config cfg;
   cfg.top_p = 1.0;
   cfg.clamp_low = -inf;
@@ -504,8 +455,8 @@ TEST_CASE("with top_p < 1 the score differs from the recorded value only through
   index pruned_rows = 0;
   for (index r = 0; r < rows; ++r) {
     const rollout_oracle o = oracle_rollout(logits, r, cfg, key);
-    const score_oracle s =
-        oracle_score(row_of(logits, r), ids_of(batch.ids, r), values_of(batch.perturbed, r), cfg);
+    const score_oracle s = oracle_score(row_as<real>(logits, r), ids_of(batch.ids, r),
+                                        row_as<double>(batch.perturbed, r), cfg);
     CAPTURE(r, o.kept, batch.logprob[r], score[r], static_cast<double>(s.value));
     REQUIRE(s.mask_margin > 1e-9);
     CHECK(std::abs(score[r] - static_cast<double>(s.value)) < 1e-12);
@@ -528,11 +479,9 @@ TEST_CASE("the score's gradient matches central differences of the trainer's for
       reparam::test::random_matrix<double>(rows, vocab, 51, -2.0, 2.0);
   const matrix<double> policy =
       rollout_logits + reparam::test::random_matrix<double>(rows, vocab, 52, -0.3, 0.3);
-  soft_token_config cfg;
-  cfg.top_k = 4;
+  soft_token_config cfg = small_config();  // top_k 4, tau_g 0.3
   cfg.top_p = 1.0;
   cfg.temperature = 0.8;
-  cfg.tau_g = 0.3;
   cfg.noise_scale = 0.7;
   cfg.clamp_low = -0.5;
   cfg.clamp_high = 1.0;
@@ -546,8 +495,8 @@ TEST_CASE("the score's gradient matches central differences of the trainer's for
     index partly_clamped = 0;
     for (index r = 0; r < rows; ++r) {
       const std::vector<index> ids = ids_of(batch.ids, r);
-      const std::vector<double> y = values_of(batch.perturbed, r);
-      const std::vector<real> l = row_of(policy, r);
+      const std::vector<double> y = row_as<double>(batch.perturbed, r);
+      const std::vector<real> l = row_as<real>(policy, r);
       const score_oracle base = oracle_score(l, ids, y, cfg);
       CHECK(std::abs(score[r] - static_cast<double>(base.value)) < 1e-12);
       if (base.kink_margin < 1e-4 || base.mask_margin < 1e-4) {
@@ -556,14 +505,9 @@ TEST_CASE("the score's gradient matches central differences of the trainer's for
       ++checked;
       partly_clamped += base.clamped > 0 && base.clamped < base.kept ? 1 : 0;
       for (index c = 0; c < vocab; ++c) {
-        const real h = 1e-6L;
-        std::vector<real> up = l;
-        std::vector<real> down = l;
-        up[at(c)] += h;
-        down[at(c)] -= h;
-        const auto fd = static_cast<double>(
-            (oracle_score(up, ids, y, cfg).value - oracle_score(down, ids, y, cfg).value) /
-            (2 * h));
+        const auto fd = static_cast<double>(central_difference(
+            [&](const std::vector<real>& x) { return oracle_score(x, ids, y, cfg).value; }, l,
+            at(c), 1e-6L));
         const bool is_id = std::find(ids.begin(), ids.end(), c) != ids.end();
         CAPTURE(r, c, is_id, base.clamped, grad(r, c), fd);
         CHECK(std::abs(grad(r, c) - fd) <= 1e-7 + 1e-6 * std::abs(fd));
@@ -586,8 +530,8 @@ TEST_CASE("the score's gradient matches central differences of the trainer's for
   soft_token_logprob_rows(policy, batch.ids, batch.perturbed, cfg, score, grad, all_rows(rows));
   index all_clamped = 0;
   for (index r = 0; r < rows; ++r) {
-    const score_oracle base =
-        oracle_score(row_of(policy, r), ids_of(batch.ids, r), values_of(batch.perturbed, r), cfg);
+    const score_oracle base = oracle_score(row_as<real>(policy, r), ids_of(batch.ids, r),
+                                           row_as<double>(batch.perturbed, r), cfg);
     if (base.clamped == base.kept) {
       ++all_clamped;
       CAPTURE(r);
@@ -659,12 +603,6 @@ TEST_CASE("token_logprob_rows is log softmax(logits / T) at the token", "[gumbel
     }
   }
   CHECK(out[2] == -inf);
-}
-
-template <class F>
-void require_refusal(const F& call, const char* function, const char* detail) {
-  REQUIRE_THROWS_AS(call(), reparam::error);
-  REQUIRE_THROWS_WITH(call(), Contains(function) && Contains(detail));
 }
 
 TEST_CASE("soft_token_rows refuses bad settings and inputs before writing anything",

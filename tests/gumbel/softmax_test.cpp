@@ -24,21 +24,14 @@
 
 #include "support/compare.hpp"
 #include "support/count_allocations.hpp"
+#include "support/gumbel_oracles.hpp"
 #include "support/random.hpp"
 
 namespace {
 
-using Catch::Matchers::Contains;
-using reparam::all_rows;
 using reparam::index;
-using reparam::matrix;
-using reparam::matrix_ref;
-using reparam::row_range;
-using reparam::vector;
 using namespace reparam::gumbel;  // NOLINT(google-build-using-namespace): test file
-
-using real = long double;
-constexpr double inf = std::numeric_limits<double>::infinity();
+using namespace reparam::test;    // NOLINT(google-build-using-namespace): the shared oracles
 
 /// The sample of one row written out from the definition: x = l + g with g = gumbel_noise()
 /// (the exact scalar noise), hot = first maximum, y = softmax(x / tau), z = log softmax(x / tau).
@@ -63,14 +56,8 @@ oracle_row oracle_sample(const matrix<T>& logits, index r, double tau, noise_key
       o.hot = c;
     }
   }
-  real sum = 0;
-  for (const real x : o.x) {
-    sum += std::isinf(x) ? real(0) : std::exp((x - best) / static_cast<real>(tau));
-  }
-  for (const real x : o.x) {
-    o.y.push_back(std::isinf(x) ? real(0) : std::exp((x - best) / static_cast<real>(tau)) / sum);
-    o.z.push_back(std::isinf(x) ? x : (x - best) / static_cast<real>(tau) - std::log(sum));
-  }
+  o.y = softmax_row(o.x, static_cast<real>(tau));
+  o.z = log_softmax_row(o.x, static_cast<real>(tau));
   return o;
 }
 
@@ -295,14 +282,7 @@ mean_and_error column_mean(const Matrix& y, index c) {
 /// N independent draws of one logits row: the rows of an [N, K] matrix get independent noise.
 matrix<double> draws_of(const std::vector<double>& logits, index n, const temperature& tau,
                         noise_key key) {
-  const auto k = static_cast<index>(logits.size());
-  matrix<double> l(n, k);
-  for (index r = 0; r < n; ++r) {
-    for (index c = 0; c < k; ++c) {
-      l(r, c) = logits[static_cast<std::size_t>(c)];
-    }
-  }
-  return gumbel_softmax(l, tau, key).soft;
+  return gumbel_softmax(repeated_rows(logits, n), tau, key).soft;
 }
 
 TEST_CASE("the mean of a two-class soft sample matches quadrature of the logistic law",
@@ -416,36 +396,22 @@ TEST_CASE("as tau -> 0 the mean approaches softmax(l) and as tau grows it approa
 /// Finite-difference oracle of the soft and log-space samples as functions of the perturbed
 /// logits x (d/dlogits = d/dx: the noise is fixed) and of tau, in long double.
 real soft_objective(const std::vector<real>& x, const std::vector<real>& v, real tau) {
-  real best = -std::numeric_limits<real>::infinity();
-  for (const real xc : x) {
-    best = std::max(best, xc);
-  }
-  real sum = 0;
-  for (const real xc : x) {
-    sum += std::isinf(xc) ? real(0) : std::exp((xc - best) / tau);
-  }
+  const softmax_normalizer n = normalizer_of(x, tau);
   real f = 0;
   for (std::size_t c = 0; c < x.size(); ++c) {
     if (!std::isinf(x[c])) {
-      f += v[c] * std::exp((x[c] - best) / tau) / sum;
+      f += v[c] * std::exp((x[c] - n.best) / tau) / n.sum;
     }
   }
   return f;
 }
 
 real log_objective(const std::vector<real>& x, const std::vector<real>& v, real tau) {
-  real best = -std::numeric_limits<real>::infinity();
-  for (const real xc : x) {
-    best = std::max(best, xc);
-  }
-  real sum = 0;
-  for (const real xc : x) {
-    sum += std::isinf(xc) ? real(0) : std::exp((xc - best) / tau);
-  }
+  const std::vector<real> z = log_softmax_row(x, tau);
   real f = 0;
   for (std::size_t c = 0; c < x.size(); ++c) {
     if (!std::isinf(x[c])) {
-      f += v[c] * ((x[c] - best) / tau - std::log(sum));
+      f += v[c] * z[c];
     }
   }
   return f;
@@ -488,30 +454,22 @@ void check_vjp_against_differences(const Objective& objective, bool is_log) {
   CHECK(grad(1, 4) == 0.0);
   CHECK(!grad.array().isNaN().any());
   for (index r = 0; r < rows; ++r) {
-    std::vector<real> x(static_cast<std::size_t>(cols));
-    std::vector<real> vr(static_cast<std::size_t>(cols));
-    for (index c = 0; c < cols; ++c) {
-      x[static_cast<std::size_t>(c)] = static_cast<real>(perturbed(r, c));
-      vr[static_cast<std::size_t>(c)] = static_cast<real>(v(r, c));
-    }
+    const std::vector<real> x = row_as<real>(perturbed, r);
+    const std::vector<real> vr = row_as<real>(v, r);
     const real t = static_cast<real>(taus[r]);
     for (index c = 0; c < cols; ++c) {
-      if (std::isinf(x[static_cast<std::size_t>(c)])) {
+      if (std::isinf(x[at(c)])) {
         continue;
       }
-      const real h = 1e-6L * std::max(real(1), std::abs(x[static_cast<std::size_t>(c)]));
-      std::vector<real> up = x;
-      std::vector<real> down = x;
-      up[static_cast<std::size_t>(c)] += h;
-      down[static_cast<std::size_t>(c)] -= h;
-      const auto fd =
-          static_cast<double>((objective(up, vr, t) - objective(down, vr, t)) / (2 * h));
+      const real h = 1e-6L * std::max(real(1), std::abs(x[at(c)]));
+      const auto fd = static_cast<double>(central_difference(
+          [&](const std::vector<real>& y) { return objective(y, vr, t); }, x, at(c), h));
       CAPTURE(is_log, r, c, taus[r], grad(r, c), fd);
       CHECK(std::abs(grad(r, c) - fd) <= 1e-7 + 1e-6 * std::abs(fd));
     }
     const real h = 1e-6L * t;
     const auto fd_tau =
-        static_cast<double>((objective(x, vr, t + h) - objective(x, vr, t - h)) / (2 * h));
+        static_cast<double>(central_difference([&](real s) { return objective(x, vr, s); }, t, h));
     CAPTURE(is_log, r, taus[r], grad_tau[r], fd_tau);
     CHECK(std::abs(grad_tau[r] - fd_tau) <= 1e-7 + 1e-6 * std::abs(fd_tau));
   }
@@ -529,18 +487,12 @@ void check_vjp_against_differences(const Objective& objective, bool is_log) {
   const auto total = [&](real t) {
     real f = 0;
     for (index r = 0; r < rows; ++r) {
-      std::vector<real> x(static_cast<std::size_t>(cols));
-      std::vector<real> vr(static_cast<std::size_t>(cols));
-      for (index c = 0; c < cols; ++c) {
-        x[static_cast<std::size_t>(c)] = static_cast<real>(perturbed(r, c));
-        vr[static_cast<std::size_t>(c)] = static_cast<real>(v(r, c));
-      }
-      f += objective(x, vr, t);
+      f += objective(row_as<real>(perturbed, r), row_as<real>(v, r), t);
     }
     return f;
   };
   const real h = 1e-6L * shared;
-  const auto fd = static_cast<double>((total(shared + h) - total(shared - h)) / (2 * h));
+  const auto fd = static_cast<double>(central_difference(total, shared, h));
   CHECK(grad_tau_shared.sum() == Approx(fd).epsilon(1e-6).margin(1e-7));
 }
 
@@ -578,12 +530,6 @@ TEST_CASE("VJPs write float gradients, skip grad_tau when empty and honour row r
       }
     }
   }
-}
-
-template <class F>
-void require_refusal(const F& call, const char* function, const char* detail) {
-  REQUIRE_THROWS_AS(call(), reparam::error);
-  REQUIRE_THROWS_WITH(call(), Contains(function) && Contains(detail));
 }
 
 TEST_CASE("gumbel_softmax_rows refuses bad arguments before writing anything",
@@ -686,7 +632,7 @@ TEST_CASE("the VJPs refuse bad arguments before writing anything", "[gumbel][sof
   all_masked.row(1).setConstant(-inf);
   REQUIRE_THROWS_WITH(
       gumbel_softmax_vjp_rows(all_masked, 1.0, v, matrix_ref<double>(grad), grad_tau, all),
-      Contains(fn) && Contains("row 1 of perturbed has no finite entry"));
+      Contains(fn) && Contains("row 1 of perturbed has 0 finite entries"));
   vector<double> wrong_tau(1);
   REQUIRE_THROWS_WITH(
       gumbel_softmax_vjp_rows(perturbed, 1.0, v, matrix_ref<double>(grad), wrong_tau, all),

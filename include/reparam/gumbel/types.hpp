@@ -76,26 +76,34 @@ inline void check_temperature(const char* function, const char* name, const temp
   }
 }
 
-/// Throws unless every logit in `rows` is finite or -inf (a masked class) and each row has at
-/// least `min_finite` finite entries. NaN and +inf are errors; the message names row and column.
+/// Throws unless every entry of `values` (argument `name`) in `rows` is finite or -inf (a masked
+/// class) and each row has at least `min_finite` finite entries. NaN and +inf are errors; the
+/// message names the argument, row and column.
 template <class Derived>
-void check_logits(const char* function, const Eigen::MatrixBase<Derived>& logits, row_range rows,
-                  index min_finite = 1) {
+void check_finite_or_masked(const char* function, const char* name,
+                            const Eigen::MatrixBase<Derived>& values, row_range rows,
+                            index min_finite = 1) {
   for (index r = rows.begin; r < rows.end; ++r) {
     index finite = 0;
-    for (index c = 0; c < logits.cols(); ++c) {
-      const auto v = logits(r, c);
+    for (index c = 0; c < values.cols(); ++c) {
+      const auto v = static_cast<double>(values(r, c));
       if (std::isfinite(v)) {
         ++finite;
         continue;
       }
-      reparam::detail::check(v == -std::numeric_limits<decltype(+v)>::infinity(), function,
-                             "logits(", r, ", ", c, ") is ", v,
-                             "; logits must be finite or -inf (masked)");
+      reparam::detail::check(v == -std::numeric_limits<double>::infinity(), function, name, "(", r,
+                             ", ", c, ") is ", v, "; ", name, " must be finite or -inf (masked)");
     }
-    reparam::detail::check(finite >= min_finite, function, "row ", r, " of logits has ", finite,
+    reparam::detail::check(finite >= min_finite, function, "row ", r, " of ", name, " has ", finite,
                            " finite entries; it needs at least ", min_finite);
   }
+}
+
+/// check_finite_or_masked for the argument `logits`.
+template <class Derived>
+void check_logits(const char* function, const Eigen::MatrixBase<Derived>& logits, row_range rows,
+                  index min_finite = 1) {
+  check_finite_or_masked(function, "logits", logits, rows, min_finite);
 }
 
 /// Throws unless every probability in `rows` is finite and >= 0 and each row has at least

@@ -49,30 +49,41 @@ inline void check_out_shape(const char* function, const char* name, index rows, 
                          cols, "] but must be [", expected_rows, ", ", k, "] (rows, k)");
 }
 
-/// Every row of `rows` has only finite or -inf logits and at least `min_finite` finite ones.
-template <class Arch, class Derived>
-void check_logit_rows(const char* function, const Eigen::MatrixBase<Derived>& logits,
-                      row_range rows, index min_finite) {
-  for (index r = rows.begin; r < rows.end; ++r) {
-    bool has_invalid = false;
-    const index finite =
-        kernels::simd::count_finite_logits<Arch>(row_data(logits, r), logits.cols(), has_invalid);
-    if (has_invalid || finite < min_finite) {
-      gumbel::detail::check_logits(function, logits, row_range{r, r + 1}, min_finite);
-    }
-  }
+/// The shape checks of the one-index-per-row samplers, in order: `out` has one entry per row of
+/// the input `m` (named `name`), `rows` is a range of its rows, and it has at most 2^33 classes.
+template <class Derived>
+void check_per_row_output(const char* function, const char* name,
+                          const Eigen::MatrixBase<Derived>& m, index out_size, row_range rows) {
+  reparam::detail::check(out_size == m.rows(), function, "out has ", out_size, " entries for ",
+                         m.rows(), " rows of ", name);
+  reparam::detail::check_row_range(function, rows, m.rows());
+  check_classes(function, name, m.cols());
 }
 
-/// Every row of `rows` has only finite probabilities >= 0 and at least `min_positive` > 0.
-template <class Arch, class Derived>
-void check_probability_rows(const char* function, const Eigen::MatrixBase<Derived>& probs,
-                            row_range rows, index min_positive) {
+/// What a row holds: logits (finite or -inf) or probabilities (finite, >= 0).
+enum class row_kind { logits, probabilities };
+
+/// Every row of `rows` is valid for `Kind` and has at least `min_count` entries that count
+/// (finite logits, positive probabilities); the vectorized scan of each row, then on a failure
+/// the scalar check of gumbel/types.hpp on that row, which names the offending entry.
+template <class Arch, row_kind Kind, class Derived>
+void check_rows(const char* function, const Eigen::MatrixBase<Derived>& m, row_range rows,
+                index min_count) {
   for (index r = rows.begin; r < rows.end; ++r) {
     bool has_invalid = false;
-    const index positive =
-        kernels::simd::count_positive_probs<Arch>(row_data(probs, r), probs.cols(), has_invalid);
-    if (has_invalid || positive < min_positive) {
-      gumbel::detail::check_probabilities(function, probs, row_range{r, r + 1}, min_positive);
+    index counted = 0;
+    if constexpr (Kind == row_kind::logits) {
+      counted = kernels::simd::count_finite_logits<Arch>(row_data(m, r), m.cols(), has_invalid);
+    } else {
+      counted = kernels::simd::count_positive_probs<Arch>(row_data(m, r), m.cols(), has_invalid);
+    }
+    if (has_invalid || counted < min_count) {
+      const row_range row{r, r + 1};
+      if constexpr (Kind == row_kind::logits) {
+        gumbel::detail::check_logits(function, m, row, min_count);
+      } else {
+        gumbel::detail::check_probabilities(function, m, row, min_count);
+      }
     }
   }
 }
@@ -119,7 +130,7 @@ void check_top_k_logits(const char* function, const Eigen::MatrixBase<Derived>& 
   reparam::detail::check_row_range(function, rows, logits.rows());
   check_classes(function, "logits", logits.cols());
   gumbel::detail::check_temperature(function, "tau", tau, logits.rows());
-  check_logit_rows<Arch>(function, logits, rows, k);
+  check_rows<Arch, row_kind::logits>(function, logits, rows, k);
 }
 
 }  // namespace detail::sample
@@ -129,12 +140,9 @@ void gumbel_max_rows(const Eigen::MatrixBase<Derived>& logits, noise_key key, in
                      row_range rows, const temperature& tau) {
   reparam::detail::static_check_input<Derived>();
   constexpr const char* function = "gumbel::gumbel_max_rows";
-  reparam::detail::check(out.size() == logits.rows(), function, "out has ", out.size(),
-                         " entries for ", logits.rows(), " rows of logits");
-  reparam::detail::check_row_range(function, rows, logits.rows());
-  detail::sample::check_classes(function, "logits", logits.cols());
+  detail::sample::check_per_row_output(function, "logits", logits, out.size(), rows);
   detail::check_temperature(function, "tau", tau, logits.rows());
-  detail::sample::check_logit_rows<Arch>(function, logits, rows, 1);
+  detail::sample::check_rows<Arch, detail::sample::row_kind::logits>(function, logits, rows, 1);
   for (index r = rows.begin; r < rows.end; ++r) {
     out[r] = kernels::simd::gumbel_max_row<Arch>(detail::sample::row_data(logits, r), logits.cols(),
                                                  tau.at(r), key, static_cast<std::uint64_t>(r));
@@ -154,11 +162,9 @@ void sample_from_probs_rows(const Eigen::MatrixBase<Derived>& probs, noise_key k
                             index_vector_ref out, row_range rows) {
   reparam::detail::static_check_input<Derived>();
   constexpr const char* function = "gumbel::sample_from_probs_rows";
-  reparam::detail::check(out.size() == probs.rows(), function, "out has ", out.size(),
-                         " entries for ", probs.rows(), " rows of probs");
-  reparam::detail::check_row_range(function, rows, probs.rows());
-  detail::sample::check_classes(function, "probs", probs.cols());
-  detail::sample::check_probability_rows<Arch>(function, probs, rows, 1);
+  detail::sample::check_per_row_output(function, "probs", probs, out.size(), rows);
+  detail::sample::check_rows<Arch, detail::sample::row_kind::probabilities>(function, probs, rows,
+                                                                            1);
   for (index r = rows.begin; r < rows.end; ++r) {
     out[r] = kernels::simd::sample_from_probs_row<Arch>(
         detail::sample::row_data(probs, r), probs.cols(), key, static_cast<std::uint64_t>(r));
@@ -215,7 +221,8 @@ void top_k_from_probs_rows(const Eigen::MatrixBase<Derived>& probs, index k, noi
   detail::sample::check_out_shape(function, "out", out.rows(), out.cols(), probs.rows(), k);
   reparam::detail::check_row_range(function, rows, probs.rows());
   detail::sample::check_classes(function, "probs", probs.cols());
-  detail::sample::check_probability_rows<Arch>(function, probs, rows, k);
+  detail::sample::check_rows<Arch, detail::sample::row_kind::probabilities>(function, probs, rows,
+                                                                            k);
   for (index r = rows.begin; r < rows.end; ++r) {
     const auto* data = detail::sample::row_data(probs, r);
     detail::sample::rank_into(

@@ -50,27 +50,6 @@ inline void check_length(const char* function, const char* name, index size, ind
                          " rows");
 }
 
-/// Throws unless every entry of `values` in `rows` is finite or -inf (masked) and each row has a
-/// finite entry. NaN and +inf are errors; the message names the argument, row and column.
-template <class Derived>
-void check_finite_or_masked(const char* function, const char* name,
-                            const Eigen::MatrixBase<Derived>& values, row_range rows) {
-  for (index r = rows.begin; r < rows.end; ++r) {
-    index finite = 0;
-    for (index c = 0; c < values.cols(); ++c) {
-      const auto v = static_cast<double>(values(r, c));
-      if (std::isfinite(v)) {
-        ++finite;
-        continue;
-      }
-      reparam::detail::check(v == negative_infinity, function, name, "(", r, ", ", c, ") is ", v,
-                             "; it must be finite or -inf (masked)");
-    }
-    reparam::detail::check(finite > 0, function, "row ", r, " of ", name,
-                           " has no finite entry (every class is masked)");
-  }
-}
-
 /// Largest entry of row r (masked entries are -inf and never win; the row has a finite entry).
 template <class Derived>
 double row_max(const Eigen::MatrixBase<Derived>& values, index r) noexcept {

@@ -38,6 +38,7 @@
 #define REPARAM_KERNELS_SIMD_GUMBEL_MAX_HPP
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -206,125 +207,135 @@ struct scalar_ops {
   }
 };
 
+// The vector tests: one body (vector_ops) over the pieces of each ISA. f32 / i32 are vectors of
+// `width` floats / int32; every piece is one or two instructions. mul_add(a, b, c) = a b + c is
+// fused where FMA is available (AVX-512, AVX2 built with FMA); minus_product(x, a, b) = x - a b
+// is fused on AVX-512 only.
+
 #if REPARAM_HAS_GUMBEL_MAX_AVX512
-struct avx512_ops {
+struct avx512_isa {
+  using f32 = __m512;
+  using i32 = __m512i;
   static constexpr index width = 16;
 
-  static REPARAM_GUMBEL_MAX_INLINE __m512 load(const float* p) noexcept {
-    return _mm512_loadu_ps(p);
-  }
-  static REPARAM_GUMBEL_MAX_INLINE __m512 load(const double* p) noexcept {
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const double* p) noexcept {
     const __m256 lo = _mm512_cvtpd_ps(_mm512_loadu_pd(p));
     const __m256 hi = _mm512_cvtpd_ps(_mm512_loadu_pd(p + 8));
     return _mm512_castpd_ps(
         _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
   }
-  /// lower_exponential of 16 consecutive columns (their high words are words[0, 2, ..., 30]).
-  static REPARAM_GUMBEL_MAX_INLINE __m512 lower_exponential(const std::uint32_t* words) noexcept {
+  /// The high words of 16 consecutive columns, words[0, 2, ..., 30] (vpermt2d).
+  static REPARAM_GUMBEL_MAX_INLINE i32 high_words(const std::uint32_t* words) noexcept {
     const __m512i a = _mm512_loadu_si512(words);
     const __m512i b = _mm512_loadu_si512(words + 16);
     const __m512i even =
         _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i high = _mm512_permutex2var_epi32(a, even, b);
-    const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(high, 1)),
-                                   _mm512_set1_ps(two_to_minus_31));
-    const __m512 inner = _mm512_fmadd_ps(w, _mm512_set1_ps(one_third), _mm512_set1_ps(0.5f));
-    return _mm512_mul_ps(w, _mm512_fmadd_ps(w, inner, _mm512_set1_ps(1.0f)));
+    return _mm512_permutex2var_epi32(a, even, b);
   }
-
-  template <class T>
-  static REPARAM_GUMBEL_MAX_INLINE unsigned logit_survivors(const T* logits,
-                                                            const std::uint32_t* words,
-                                                            float inv_tau,
-                                                            float threshold) noexcept {
-    const __m512 e = _mm512_cvtepi32_ps(_mm512_castps_si512(lower_exponential(words)));
-    const __m512 x = _mm512_mul_ps(load(logits), _mm512_set1_ps(inv_tau));
-    const __m512 t = _mm512_fnmadd_ps(e, _mm512_set1_ps(bound_slope), x);
-    return static_cast<unsigned>(_mm512_cmp_ps_mask(t, _mm512_set1_ps(threshold), _CMP_GE_OQ));
+  static REPARAM_GUMBEL_MAX_INLINE i32 halve(i32 a) noexcept { return _mm512_srli_epi32(a, 1); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 to_float(i32 a) noexcept { return _mm512_cvtepi32_ps(a); }
+  static REPARAM_GUMBEL_MAX_INLINE i32 bits(f32 a) noexcept { return _mm512_castps_si512(a); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 set1(float v) noexcept { return _mm512_set1_ps(v); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul(f32 a, f32 b) noexcept { return _mm512_mul_ps(a, b); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul_add(f32 a, f32 b, f32 c) noexcept {
+    return _mm512_fmadd_ps(a, b, c);
   }
-
-  template <class T>
-  static REPARAM_GUMBEL_MAX_INLINE unsigned prob_survivors(const T* probs,
-                                                           const std::uint32_t* words,
-                                                           float scale) noexcept {
-    const __m512 bound = _mm512_mul_ps(lower_exponential(words), _mm512_set1_ps(scale));
-    return static_cast<unsigned>(_mm512_cmp_ps_mask(load(probs), bound, _CMP_GE_OQ));
+  static REPARAM_GUMBEL_MAX_INLINE f32 minus_product(f32 x, f32 a, f32 b) noexcept {
+    return _mm512_fnmadd_ps(a, b, x);
+  }
+  /// Bit l set when a[l] >= b[l].
+  static REPARAM_GUMBEL_MAX_INLINE unsigned at_least(f32 a, f32 b) noexcept {
+    return static_cast<unsigned>(_mm512_cmp_ps_mask(a, b, _CMP_GE_OQ));
   }
 };
 #endif
 
 #if REPARAM_HAS_GUMBEL_MAX_AVX2
-struct avx2_ops {
+struct avx2_isa {
+  using f32 = __m256;
+  using i32 = __m256i;
   static constexpr index width = 8;
 
-  static REPARAM_GUMBEL_MAX_INLINE __m256 load(const float* p) noexcept {
-    return _mm256_loadu_ps(p);
-  }
-  static REPARAM_GUMBEL_MAX_INLINE __m256 load(const double* p) noexcept {
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const double* p) noexcept {
     return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(p + 4)),
                            _mm256_cvtpd_ps(_mm256_loadu_pd(p)));
   }
-  static REPARAM_GUMBEL_MAX_INLINE __m256 multiply_add(__m256 a, __m256 b, __m256 c) noexcept {
+  /// The high words of 8 consecutive columns: vshufps picks the even words of each 128-bit lane
+  /// of the two loads ([h0 h1 h4 h5 | h2 h3 h6 h7]) and vpermq puts the quads in order.
+  static REPARAM_GUMBEL_MAX_INLINE i32 high_words(const std::uint32_t* words) noexcept {
+    const __m256 a =
+        _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words)));
+    const __m256 b =
+        _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 8)));
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88)), 0xD8);
+  }
+  static REPARAM_GUMBEL_MAX_INLINE i32 halve(i32 a) noexcept { return _mm256_srli_epi32(a, 1); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 to_float(i32 a) noexcept { return _mm256_cvtepi32_ps(a); }
+  static REPARAM_GUMBEL_MAX_INLINE i32 bits(f32 a) noexcept { return _mm256_castps_si256(a); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 set1(float v) noexcept { return _mm256_set1_ps(v); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul(f32 a, f32 b) noexcept { return _mm256_mul_ps(a, b); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul_add(f32 a, f32 b, f32 c) noexcept {
 #if defined(__FMA__)
     return _mm256_fmadd_ps(a, b, c);
 #else
     return _mm256_add_ps(_mm256_mul_ps(a, b), c);
 #endif
   }
-  /// lower_exponential of 8 consecutive columns: vshufps picks the even words of each 128-bit
-  /// lane of the two loads ([h0 h1 h4 h5 | h2 h3 h6 h7]) and vpermq puts the quads in order.
-  static REPARAM_GUMBEL_MAX_INLINE __m256 lower_exponential(const std::uint32_t* words) noexcept {
-    const __m256 a =
-        _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words)));
-    const __m256 b =
-        _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 8)));
-    const __m256i high =
-        _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88)), 0xD8);
-    const __m256 w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(high, 1)),
-                                   _mm256_set1_ps(two_to_minus_31));
-    const __m256 inner = multiply_add(w, _mm256_set1_ps(one_third), _mm256_set1_ps(0.5f));
-    return _mm256_mul_ps(w, multiply_add(w, inner, _mm256_set1_ps(1.0f)));
+  static REPARAM_GUMBEL_MAX_INLINE f32 minus_product(f32 x, f32 a, f32 b) noexcept {
+    return _mm256_sub_ps(x, _mm256_mul_ps(a, b));
   }
-
-  template <class T>
-  static REPARAM_GUMBEL_MAX_INLINE unsigned logit_survivors(const T* logits,
-                                                            const std::uint32_t* words,
-                                                            float inv_tau,
-                                                            float threshold) noexcept {
-    const __m256 e = _mm256_cvtepi32_ps(_mm256_castps_si256(lower_exponential(words)));
-    const __m256 x = _mm256_mul_ps(load(logits), _mm256_set1_ps(inv_tau));
-    const __m256 t = _mm256_sub_ps(x, _mm256_mul_ps(e, _mm256_set1_ps(bound_slope)));
-    return static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(threshold), _CMP_GE_OQ)));
-  }
-
-  template <class T>
-  static REPARAM_GUMBEL_MAX_INLINE unsigned prob_survivors(const T* probs,
-                                                           const std::uint32_t* words,
-                                                           float scale) noexcept {
-    const __m256 bound = _mm256_mul_ps(lower_exponential(words), _mm256_set1_ps(scale));
-    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(load(probs), bound, _CMP_GE_OQ)));
+  static REPARAM_GUMBEL_MAX_INLINE unsigned at_least(f32 a, f32 b) noexcept {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)));
   }
 };
 #endif
 
 #if REPARAM_HAS_GUMBEL_MAX_SSE2
-struct sse2_ops {
+struct sse2_isa {
+  using f32 = __m128;
+  using i32 = __m128i;
   static constexpr index width = 4;
 
-  static REPARAM_GUMBEL_MAX_INLINE __m128 load(const float* p) noexcept { return _mm_loadu_ps(p); }
-  static REPARAM_GUMBEL_MAX_INLINE __m128 load(const double* p) noexcept {
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const float* p) noexcept { return _mm_loadu_ps(p); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 load(const double* p) noexcept {
     return _mm_movelh_ps(_mm_cvtpd_ps(_mm_loadu_pd(p)), _mm_cvtpd_ps(_mm_loadu_pd(p + 2)));
   }
-  /// lower_exponential of 4 consecutive columns (shufps of the even words of two loads).
-  static REPARAM_GUMBEL_MAX_INLINE __m128 lower_exponential(const std::uint32_t* words) noexcept {
+  /// The high words of 4 consecutive columns (shufps of the even words of two loads).
+  static REPARAM_GUMBEL_MAX_INLINE i32 high_words(const std::uint32_t* words) noexcept {
     const __m128 a = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(words)));
     const __m128 b = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(words + 4)));
-    const __m128i high = _mm_castps_si128(_mm_shuffle_ps(a, b, 0x88));
-    const __m128 w =
-        _mm_mul_ps(_mm_cvtepi32_ps(_mm_srli_epi32(high, 1)), _mm_set1_ps(two_to_minus_31));
-    const __m128 inner = _mm_add_ps(_mm_mul_ps(w, _mm_set1_ps(one_third)), _mm_set1_ps(0.5f));
-    return _mm_mul_ps(w, _mm_add_ps(_mm_mul_ps(w, inner), _mm_set1_ps(1.0f)));
+    return _mm_castps_si128(_mm_shuffle_ps(a, b, 0x88));
+  }
+  static REPARAM_GUMBEL_MAX_INLINE i32 halve(i32 a) noexcept { return _mm_srli_epi32(a, 1); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 to_float(i32 a) noexcept { return _mm_cvtepi32_ps(a); }
+  static REPARAM_GUMBEL_MAX_INLINE i32 bits(f32 a) noexcept { return _mm_castps_si128(a); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 set1(float v) noexcept { return _mm_set1_ps(v); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul(f32 a, f32 b) noexcept { return _mm_mul_ps(a, b); }
+  static REPARAM_GUMBEL_MAX_INLINE f32 mul_add(f32 a, f32 b, f32 c) noexcept {
+    return _mm_add_ps(_mm_mul_ps(a, b), c);
+  }
+  static REPARAM_GUMBEL_MAX_INLINE f32 minus_product(f32 x, f32 a, f32 b) noexcept {
+    return _mm_sub_ps(x, _mm_mul_ps(a, b));
+  }
+  static REPARAM_GUMBEL_MAX_INLINE unsigned at_least(f32 a, f32 b) noexcept {
+    return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(a, b)));
+  }
+};
+#endif
+
+/// `Isa::width` classes per test, the formulas of scalar_ops.
+template <class Isa>
+struct vector_ops : Isa {
+  using f32 = typename Isa::f32;
+
+  /// lower_exponential of `Isa::width` consecutive columns.
+  static REPARAM_GUMBEL_MAX_INLINE f32 lower_exponential(const std::uint32_t* words) noexcept {
+    const f32 w =
+        Isa::mul(Isa::to_float(Isa::halve(Isa::high_words(words))), Isa::set1(two_to_minus_31));
+    const f32 inner = Isa::mul_add(w, Isa::set1(one_third), Isa::set1(0.5f));
+    return Isa::mul(w, Isa::mul_add(w, inner, Isa::set1(1.0f)));
   }
 
   template <class T>
@@ -332,21 +343,18 @@ struct sse2_ops {
                                                             const std::uint32_t* words,
                                                             float inv_tau,
                                                             float threshold) noexcept {
-    const __m128 e = _mm_cvtepi32_ps(_mm_castps_si128(lower_exponential(words)));
-    const __m128 x = _mm_mul_ps(load(logits), _mm_set1_ps(inv_tau));
-    const __m128 t = _mm_sub_ps(x, _mm_mul_ps(e, _mm_set1_ps(bound_slope)));
-    return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(t, _mm_set1_ps(threshold))));
+    const f32 e = Isa::to_float(Isa::bits(lower_exponential(words)));
+    const f32 x = Isa::mul(Isa::load(logits), Isa::set1(inv_tau));
+    return Isa::at_least(Isa::minus_product(x, e, Isa::set1(bound_slope)), Isa::set1(threshold));
   }
 
   template <class T>
   static REPARAM_GUMBEL_MAX_INLINE unsigned prob_survivors(const T* probs,
                                                            const std::uint32_t* words,
                                                            float scale) noexcept {
-    const __m128 bound = _mm_mul_ps(lower_exponential(words), _mm_set1_ps(scale));
-    return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(load(probs), bound)));
+    return Isa::at_least(Isa::load(probs), Isa::mul(lower_exponential(words), Isa::set1(scale)));
   }
 };
-#endif
 
 template <gumbel_max_path Path>
 struct ops_for {
@@ -355,19 +363,19 @@ struct ops_for {
 #if REPARAM_HAS_GUMBEL_MAX_AVX512
 template <>
 struct ops_for<gumbel_max_path::avx512> {
-  using type = avx512_ops;
+  using type = vector_ops<avx512_isa>;
 };
 #endif
 #if REPARAM_HAS_GUMBEL_MAX_AVX2
 template <>
 struct ops_for<gumbel_max_path::avx2> {
-  using type = avx2_ops;
+  using type = vector_ops<avx2_isa>;
 };
 #endif
 #if REPARAM_HAS_GUMBEL_MAX_SSE2
 template <>
 struct ops_for<gumbel_max_path::sse2> {
-  using type = sse2_ops;
+  using type = vector_ops<sse2_isa>;
 };
 #endif
 
@@ -412,30 +420,39 @@ T range_max(const T* data, index n) noexcept {
   return best;
 }
 
-/// Whether some entry of data[0, n) is >= limit.
-template <class Arch, class T>
-bool any_at_least(const T* data, index n, T limit) noexcept {
+/// The first c < n with hit(data[c]) (n if there is none); `hit` takes a T or a batch of T.
+/// Four vectors per test.
+template <class Arch, class T, class Hit>
+index find_first(const T* data, index n, Hit hit) noexcept {
   index c = 0;
   if constexpr (is_vector_path<Arch>) {
     using batch = xsimd::batch<T, simd_arch_t<Arch>>;
     constexpr auto width = static_cast<index>(batch::size);
-    const batch l(limit);
-    for (; c + 4 * width <= n; c += 4 * width) {
-      const auto hit = (batch::load_unaligned(data + c) >= l) |
-                       (batch::load_unaligned(data + c + width) >= l) |
-                       (batch::load_unaligned(data + c + 2 * width) >= l) |
-                       (batch::load_unaligned(data + c + 3 * width) >= l);
-      if (xsimd::any(hit)) {
-        return true;
-      }
+    while (c + 4 * width <= n && !xsimd::any(hit(batch::load_unaligned(data + c)) |
+                                             hit(batch::load_unaligned(data + c + width)) |
+                                             hit(batch::load_unaligned(data + c + 2 * width)) |
+                                             hit(batch::load_unaligned(data + c + 3 * width)))) {
+      c += 4 * width;
     }
   }
-  for (; c < n; ++c) {
-    if (data[c] >= limit) {
-      return true;
-    }
+  while (c < n && !hit(data[c])) {
+    ++c;
   }
-  return false;
+  return c;
+}
+
+/// Whether some entry of data[0, n) is >= limit.
+template <class Arch, class T>
+bool any_at_least(const T* data, index n, T limit) noexcept {
+  return find_first<Arch>(
+             data, n, [limit](const auto& x) { return x >= std::decay_t<decltype(x)>(limit); }) < n;
+}
+
+/// First index of `value` in data[0, n) (it occurs).
+template <class Arch, class T>
+index first_index_of(const T* data, index n, T value) noexcept {
+  return find_first<Arch>(data, n,
+                          [value](const auto& x) { return x == std::decay_t<decltype(x)>(value); });
 }
 
 /// The largest T <= y.
@@ -448,24 +465,31 @@ T at_most(double y) noexcept {
   }
 }
 
-/// First index of `value` in data[0, n) (it occurs).
-template <class Arch, class T>
-index first_index_of(const T* data, index n, T value) noexcept {
+/// counts[j] += the number of entries x of the full vectors of data[0, n) with hits(x)[j], j < N
+/// (hits takes a batch of T and returns N batch_bools); returns where the vectors end (the scalar
+/// tail is the caller's). Lane sums in T are exact below 2^24 (float); flushed every 2^20
+/// vectors.
+template <class Arch, std::size_t N, class T, class Hits>
+index count_vector_hits(const T* data, index n, index (&counts)[N], Hits hits) noexcept {
+  using batch = xsimd::batch<T, simd_arch_t<Arch>>;
+  constexpr auto width = static_cast<index>(batch::size);
+  const batch one(T(1));
+  const batch zero(T(0));
+  constexpr index flush = index{1} << 20;
   index c = 0;
-  if constexpr (is_vector_path<Arch>) {
-    using batch = xsimd::batch<T, simd_arch_t<Arch>>;
-    constexpr auto width = static_cast<index>(batch::size);
-    const batch target(value);
-    while (c + 4 * width <= n &&
-           !xsimd::any((batch::load_unaligned(data + c) == target) |
-                       (batch::load_unaligned(data + c + width) == target) |
-                       (batch::load_unaligned(data + c + 2 * width) == target) |
-                       (batch::load_unaligned(data + c + 3 * width) == target))) {
-      c += 4 * width;
+  while (c + width <= n) {
+    std::array<batch, N> sums;
+    sums.fill(zero);
+    const index end = c + std::min((n - c) / width, flush) * width;
+    for (; c < end; c += width) {
+      const auto hit = hits(batch::load_unaligned(data + c));
+      for (std::size_t j = 0; j < N; ++j) {
+        sums[j] += xsimd::select(hit[j], one, zero);
+      }
     }
-  }
-  while (c < n && data[c] != value) {
-    ++c;
+    for (std::size_t j = 0; j < N; ++j) {
+      counts[j] += static_cast<index>(xsimd::hadd(sums[j]));
+    }
   }
   return c;
 }
@@ -479,33 +503,13 @@ void count_at_least(const T* data, index n, const T (&thresholds)[4], index (&co
   index c = 0;
   if constexpr (is_vector_path<Arch>) {
     using batch = xsimd::batch<T, simd_arch_t<Arch>>;
-    constexpr auto width = static_cast<index>(batch::size);
     const batch t0(thresholds[0]);
     const batch t1(thresholds[1]);
     const batch t2(thresholds[2]);
     const batch t3(thresholds[3]);
-    const batch one(T(1));
-    const batch zero(T(0));
-    // Lane sums in T are exact below 2^24 (float); flush every 2^20 vectors.
-    constexpr index flush = index{1} << 20;
-    while (c + width <= n) {
-      batch a0 = zero;
-      batch a1 = zero;
-      batch a2 = zero;
-      batch a3 = zero;
-      const index end = c + std::min((n - c) / width, flush) * width;
-      for (; c < end; c += width) {
-        const batch x = batch::load_unaligned(data + c);
-        a0 += xsimd::select(x >= t0, one, zero);
-        a1 += xsimd::select(x >= t1, one, zero);
-        a2 += xsimd::select(x >= t2, one, zero);
-        a3 += xsimd::select(x >= t3, one, zero);
-      }
-      counts[0] += static_cast<index>(xsimd::hadd(a0));
-      counts[1] += static_cast<index>(xsimd::hadd(a1));
-      counts[2] += static_cast<index>(xsimd::hadd(a2));
-      counts[3] += static_cast<index>(xsimd::hadd(a3));
-    }
+    c = count_vector_hits<Arch>(data, n, counts, [&](const batch& x) {
+      return std::array{x >= t0, x >= t1, x >= t2, x >= t3};
+    });
   }
   for (; c < n; ++c) {
     for (int j = 0; j < 4; ++j) {
@@ -551,22 +555,14 @@ index count_valid(const T* data, index n, bool& has_invalid, VectorPredicates ve
   index c = 0;
   if constexpr (is_vector_path<Arch>) {
     using batch = xsimd::batch<T, simd_arch_t<Arch>>;
-    constexpr auto width = static_cast<index>(batch::size);
-    const batch one(T(1));
-    const batch zero(T(0));
-    constexpr index flush = index{1} << 20;
     auto bad = batch(T(0)) != batch(T(0));
-    while (c + width <= n) {
-      batch acc = zero;
-      const index end = c + std::min((n - c) / width, flush) * width;
-      for (; c < end; c += width) {
-        const batch x = batch::load_unaligned(data + c);
-        const auto [is_counted, is_invalid] = vector_predicates(x);
-        acc += xsimd::select(is_counted, one, zero);
-        bad = bad | is_invalid;
-      }
-      counted += static_cast<index>(xsimd::hadd(acc));
-    }
+    index sums[1] = {0};
+    c = count_vector_hits<Arch>(data, n, sums, [&](const batch& x) {
+      const auto [is_counted, is_invalid] = vector_predicates(x);
+      bad = bad | is_invalid;
+      return std::array{is_counted};
+    });
+    counted = sums[0];
     invalid = xsimd::any(bad);
   }
   for (; c < n; ++c) {

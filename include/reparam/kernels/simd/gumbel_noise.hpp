@@ -304,19 +304,6 @@ struct avx512_isa {
     k = _mm512_mask_add_pd(exponent, big, exponent, _mm512_set1_pd(1.0));
   }
 
-  /// The 64 words of the group's 16 blocks, in block order.
-  static REPARAM_GUMBEL_NOISE_INLINE void store_words(const block_state<avx512_isa>& s,
-                                                      std::uint32_t* out) noexcept {
-    const __m512i t0 = _mm512_unpacklo_epi32(s.x[0], s.x[1]);
-    const __m512i t1 = _mm512_unpackhi_epi32(s.x[0], s.x[1]);
-    const __m512i t2 = _mm512_unpacklo_epi32(s.x[2], s.x[3]);
-    const __m512i t3 = _mm512_unpackhi_epi32(s.x[2], s.x[3]);
-    _mm512_storeu_si512(out, _mm512_unpacklo_epi64(t0, t2));
-    _mm512_storeu_si512(out + 16, _mm512_unpackhi_epi64(t0, t2));
-    _mm512_storeu_si512(out + 32, _mm512_unpacklo_epi64(t1, t3));
-    _mm512_storeu_si512(out + 48, _mm512_unpackhi_epi64(t1, t3));
-  }
-
   template <class T>
   static REPARAM_GUMBEL_NOISE_INLINE void store(T* out, f64 g) noexcept {
     if constexpr (std::is_same_v<T, double>) {
@@ -325,21 +312,17 @@ struct avx512_isa {
       _mm256_storeu_ps(out, _mm512_cvtpd_ps(g));
     }
   }
-
-  /// Gumbel values of the group's 32 columns.
-  template <class T>
-  static REPARAM_GUMBEL_NOISE_INLINE void store_gumbel(const block_state<avx512_isa>& s,
-                                                       T* out) noexcept {
-    // 64-bit lanes (high word << 32 | low word): column 2b of elements 0, 1 (a) and 2, 3 (b)
-    // of each 128-bit lane, column 2b + 1 likewise (c, d); then (2b, 2b + 1) interleaved.
-    const __m512i a = _mm512_unpacklo_epi32(s.x[1], s.x[0]);
-    const __m512i b = _mm512_unpackhi_epi32(s.x[1], s.x[0]);
-    const __m512i c = _mm512_unpacklo_epi32(s.x[3], s.x[2]);
-    const __m512i d = _mm512_unpackhi_epi32(s.x[3], s.x[2]);
-    store(out, gumbel_of_pairs<avx512_isa>(_mm512_unpacklo_epi64(a, c)));
-    store(out + 8, gumbel_of_pairs<avx512_isa>(_mm512_unpackhi_epi64(a, c)));
-    store(out + 16, gumbel_of_pairs<avx512_isa>(_mm512_unpacklo_epi64(b, d)));
-    store(out + 24, gumbel_of_pairs<avx512_isa>(_mm512_unpackhi_epi64(b, d)));
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpacklo32(u32 a, u32 b) noexcept {
+    return _mm512_unpacklo_epi32(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpackhi32(u32 a, u32 b) noexcept {
+    return _mm512_unpackhi_epi32(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpacklo64(u32 a, u32 b) noexcept {
+    return _mm512_unpacklo_epi64(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpackhi64(u32 a, u32 b) noexcept {
+    return _mm512_unpackhi_epi64(a, b);
   }
 };
 
@@ -420,23 +403,6 @@ struct avx2_isa {
     k = _mm256_add_pd(exponent, _mm256_and_pd(big, _mm256_set1_pd(1.0)));
   }
 
-  static REPARAM_GUMBEL_NOISE_INLINE void store(std::uint32_t* out, __m256i v) noexcept {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
-  }
-
-  /// The 32 words of the group's 8 blocks, in block order.
-  static REPARAM_GUMBEL_NOISE_INLINE void store_words(const block_state<avx2_isa>& s,
-                                                      std::uint32_t* out) noexcept {
-    const __m256i t0 = _mm256_unpacklo_epi32(s.x[0], s.x[1]);
-    const __m256i t1 = _mm256_unpackhi_epi32(s.x[0], s.x[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(s.x[2], s.x[3]);
-    const __m256i t3 = _mm256_unpackhi_epi32(s.x[2], s.x[3]);
-    store(out, _mm256_unpacklo_epi64(t0, t2));
-    store(out + 8, _mm256_unpackhi_epi64(t0, t2));
-    store(out + 16, _mm256_unpacklo_epi64(t1, t3));
-    store(out + 24, _mm256_unpackhi_epi64(t1, t3));
-  }
-
   template <class T>
   static REPARAM_GUMBEL_NOISE_INLINE void store(T* out, f64 g) noexcept {
     if constexpr (std::is_same_v<T, double>) {
@@ -445,23 +411,73 @@ struct avx2_isa {
       _mm_storeu_ps(out, _mm256_cvtpd_ps(g));
     }
   }
-
-  /// Gumbel values of the group's 16 columns.
-  template <class T>
-  static REPARAM_GUMBEL_NOISE_INLINE void store_gumbel(const block_state<avx2_isa>& s,
-                                                       T* out) noexcept {
-    const __m256i a = _mm256_unpacklo_epi32(s.x[1], s.x[0]);
-    const __m256i b = _mm256_unpackhi_epi32(s.x[1], s.x[0]);
-    const __m256i c = _mm256_unpacklo_epi32(s.x[3], s.x[2]);
-    const __m256i d = _mm256_unpackhi_epi32(s.x[3], s.x[2]);
-    store(out, gumbel_of_pairs<avx2_isa>(_mm256_unpacklo_epi64(a, c)));
-    store(out + 4, gumbel_of_pairs<avx2_isa>(_mm256_unpackhi_epi64(a, c)));
-    store(out + 8, gumbel_of_pairs<avx2_isa>(_mm256_unpacklo_epi64(b, d)));
-    store(out + 12, gumbel_of_pairs<avx2_isa>(_mm256_unpackhi_epi64(b, d)));
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpacklo32(u32 a, u32 b) noexcept {
+    return _mm256_unpacklo_epi32(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpackhi32(u32 a, u32 b) noexcept {
+    return _mm256_unpackhi_epi32(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpacklo64(u32 a, u32 b) noexcept {
+    return _mm256_unpacklo_epi64(a, b);
+  }
+  static REPARAM_GUMBEL_NOISE_INLINE u32 unpackhi64(u32 a, u32 b) noexcept {
+    return _mm256_unpackhi_epi64(a, b);
   }
 };
 
 #endif  // REPARAM_HAS_GUMBEL_NOISE_AVX2
+
+/// Four vectors of 32-bit words.
+template <class Isa>
+struct word_vectors {
+  typename Isa::u32 v[4];
+};
+
+/// The 4x4 transpose of 32-bit elements within every 128-bit lane (vpunpck{l,h}dq, then
+/// vpunpck{l,h}qdq, no cross-lane shuffle): element e of 128-bit lane k of out.v[j] is element j
+/// of 128-bit lane k of the e-th argument.
+template <class Isa>
+REPARAM_GUMBEL_NOISE_INLINE word_vectors<Isa> transpose_in_lanes(typename Isa::u32 a,
+                                                                 typename Isa::u32 b,
+                                                                 typename Isa::u32 c,
+                                                                 typename Isa::u32 d) noexcept {
+  using u32 = typename Isa::u32;
+  const u32 t0 = Isa::unpacklo32(a, b);
+  const u32 t1 = Isa::unpackhi32(a, b);
+  const u32 t2 = Isa::unpacklo32(c, d);
+  const u32 t3 = Isa::unpackhi32(c, d);
+  return {{Isa::unpacklo64(t0, t2), Isa::unpackhi64(t0, t2), Isa::unpacklo64(t1, t3),
+           Isa::unpackhi64(t1, t3)}};
+}
+
+/// The 4 Isa::group_blocks words of the group's blocks, in block order (the transpose leaves
+/// them so with the lane order of the file comment).
+template <class Isa>
+REPARAM_GUMBEL_NOISE_INLINE void store_words(const block_state<Isa>& s,
+                                             std::uint32_t* out) noexcept {
+  const word_vectors<Isa> t = transpose_in_lanes<Isa>(s.x[0], s.x[1], s.x[2], s.x[3]);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
+#endif
+  for (index j = 0; j < 4; ++j) {
+    std::memcpy(out + j * Isa::group_blocks, &t.v[j], sizeof(t.v[j]));  // an unaligned store
+  }
+}
+
+/// Gumbel values of the group's 2 Isa::group_blocks columns. The transpose of (x1, x0, x3, x2)
+/// pairs each column's words into a 64-bit lane (high word << 32 | low word: column 2b from words
+/// 0, 1 of block b, column 2b + 1 from words 2, 3), and with the lane order of the file comment
+/// vector j holds columns [j n, (j + 1) n), n = Isa::group_blocks / 2, in order.
+template <class Isa, class T>
+REPARAM_GUMBEL_NOISE_INLINE void store_gumbel(const block_state<Isa>& s, T* out) noexcept {
+  const word_vectors<Isa> t = transpose_in_lanes<Isa>(s.x[1], s.x[0], s.x[3], s.x[2]);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
+#endif
+  for (index j = 0; j < 4; ++j) {
+    Isa::store(out + j * (Isa::group_blocks / 2), gumbel_of_pairs<Isa>(t.v[j]));
+  }
+}
 
 /// The vector pieces of `Arch`'s path (void for the scalar path).
 template <class Arch, gumbel_noise_path Path = gumbel_noise_path_of<Arch>()>
@@ -508,12 +524,12 @@ void gumbel_noise_words(gumbel_noise_key key, std::uint64_t row, std::uint32_t f
     index i = 0;
     for (; i + group <= blocks; i += group) {
       const auto base = first_block + static_cast<std::uint32_t>(i);
-      isa::store_words(d::philox<isa>(keys, start, base), words + 4 * i);
+      d::store_words<isa>(d::philox<isa>(keys, start, base), words + 4 * i);
     }
     if (i < blocks) {
       std::uint32_t tail[static_cast<std::size_t>(4 * group)];
       const auto base = first_block + static_cast<std::uint32_t>(i);
-      isa::store_words(d::philox<isa>(keys, start, base), tail);
+      d::store_words<isa>(d::philox<isa>(keys, start, base), tail);
       std::memcpy(words + 4 * i, tail, static_cast<std::size_t>(4 * (blocks - i)) * sizeof(*tail));
     }
   }
@@ -544,12 +560,12 @@ void gumbel_noise_fill(gumbel_noise_key key, std::uint64_t first_row, index rows
       index c = 0;
       for (; c < full; c += group_cols) {
         const auto base = static_cast<std::uint32_t>(c >> 1);
-        isa::template store_gumbel<T>(d::philox<isa>(keys, start, base), dst + c);
+        d::store_gumbel<isa>(d::philox<isa>(keys, start, base), dst + c);
       }
       if (c < cols) {
         T tail[static_cast<std::size_t>(group_cols)];
         const auto base = static_cast<std::uint32_t>(c >> 1);
-        isa::template store_gumbel<T>(d::philox<isa>(keys, start, base), tail);
+        d::store_gumbel<isa>(d::philox<isa>(keys, start, base), tail);
         std::memcpy(dst + c, tail, static_cast<std::size_t>(cols - c) * sizeof(T));
       }
     }
