@@ -168,13 +168,18 @@ inline llama::nll_total score_generated(llama::runner& r, const decode_trace& tr
   }
   r.reset();
   const auto logits = r.prefill(trace.tokens, true);
-  for (std::size_t t = trace.prompt_size; t < trace.tokens.size(); ++t) {
-    const auto row = logits.row(static_cast<reparam::index>(t - 1)).cast<double>();
-    const double max = row.maxCoeff();
-    const double lse = max + std::log((row.array() - max).exp().sum());
-    total.nll_sum += lse - row[trace.tokens[t]];
-    ++total.tokens;
+  // Position t - 1 predicts token t: log softmax(logits)[token] per generated token.
+  const auto prompt = static_cast<reparam::index>(trace.prompt_size);
+  const auto generated = static_cast<reparam::index>(trace.tokens.size()) - prompt;
+  reparam::gumbel::index_vector next(generated);
+  for (reparam::index t = 0; t < generated; ++t) {
+    next[t] = trace.tokens[static_cast<std::size_t>(prompt + t)];
   }
+  reparam::vector<double> logprob(generated);
+  reparam::gumbel::token_logprob_rows(logits.middleRows(prompt - 1, generated), next, 1.0, logprob,
+                                      reparam::all_rows(generated));
+  total.nll_sum = -logprob.sum();
+  total.tokens = generated;
   total.windows = 1;
   return total;
 }
