@@ -80,9 +80,11 @@ edit_report min_norm_edit(const matrix<T>& w0, const matrix<double>& keys,
                           double relative_tolerance = -1.0);
 
 /// Low-rank variant: restrict the edit to the top-r right singular directions of the keys
-/// (Delta W = R^T U_r Sigma_r^-1 V_r^T); r >= effective rank gives min_norm_edit. Note: computed
-/// from a thin SVD of the keys (O(n d min(n, d))), not the O(r^3 + r^2 d) sketch. Throws like
-/// min_norm_edit, plus r < 1.
+/// (Delta W = R^T U_r Sigma_r^-1 V_r^T); r >= effective rank gives min_norm_edit. Computed from a
+/// thin SVD of the n x d_in keys, O(n^2 d_in + n^3) for n <= d_in: in STAMP's single-sample
+/// setting (n = the prompt's tokens = the rank) this is the paper's O(r^3 + r^2 d), never the
+/// O(d^3) of the full-space form. Many keys with a small r (n >> r) would want a randomized
+/// sketch instead, which is not implemented. Throws like min_norm_edit, plus r < 1.
 template <class T>
 edit_report low_rank_edit(const matrix<T>& w0, const matrix<double>& keys,
                           const matrix<double>& values, index r, matrix<T>& out);
