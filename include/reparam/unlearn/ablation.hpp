@@ -41,18 +41,18 @@ enum class writer_layout {
 template <class T>
 class residual_writer {
  public:
-  residual_writer(std::string writer_name, int writer_layer, writer_layout writer_layout_,
+  residual_writer(std::string writer_name, int writer_layer, writer_layout orientation,
                   matrix_ref<T> weight)
       : name(std::move(writer_name)),
         layer(writer_layer),
-        layout(writer_layout_),
+        layout(orientation),
         weight_(weight.data()),
         rows_(weight.rows()),
         cols_(weight.cols()),
         stride_(weight.outerStride()) {}
-  residual_writer(std::string writer_name, int writer_layer, writer_layout writer_layout_,
+  residual_writer(std::string writer_name, int writer_layer, writer_layout orientation,
                   matrix_ref<T> weight, Eigen::Ref<vector<T>> bias)
-      : residual_writer(std::move(writer_name), writer_layer, writer_layout_, weight) {
+      : residual_writer(std::move(writer_name), writer_layer, orientation, weight) {
     bias_ = bias.data();
     bias_size_ = bias.size();
   }

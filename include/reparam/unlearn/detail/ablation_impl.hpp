@@ -13,6 +13,11 @@
 #include <vector>
 
 #include <reparam/core/error.hpp>
+#include <reparam/core/index.hpp>
+#include <reparam/core/views.hpp>
+#include <reparam/unlearn/ablation.hpp>  // the declarations (this file is included at its end)
+#include <reparam/unlearn/projector.hpp>
+#include <reparam/unlearn/subspace.hpp>
 
 namespace reparam::unlearn {
 
@@ -78,7 +83,7 @@ void check_residual_stream(const residual_stream<T>& stream, const subspace& dir
   check(directions.dim() == d, fn, "directions have dim ", directions.dim(),
         " but stream.width is ", d);
   check(!stream.writers.empty(), fn, "stream.writers is empty");
-  const index listed = static_cast<index>(stream.writers.size());
+  const auto listed = static_cast<index>(stream.writers.size());
   check(stream.expected_writers < 0 || stream.expected_writers >= listed, fn,
         "stream.expected_writers ", stream.expected_writers, " is smaller than the ", listed,
         " writers listed");
@@ -88,7 +93,7 @@ void check_residual_stream(const residual_stream<T>& stream, const subspace& dir
     check(std::isfinite(schedule.layer_strength[l]), fn, "schedule.layer_strength[", l, "] ",
           schedule.layer_strength[l], " must be finite");
   }
-  const index layers = static_cast<index>(schedule.layer_strength.size());
+  const auto layers = static_cast<index>(schedule.layer_strength.size());
   std::set<const void*> seen;
   for (const residual_writer<T>& w : stream.writers) {
     const std::string& name = w.name;
@@ -165,7 +170,7 @@ ablation_report fold_residual_ablation(residual_stream<T>& stream, const subspac
       report.tied.push_back(w.name);
     }
   }
-  const index listed = static_cast<index>(stream.writers.size());
+  const auto listed = static_cast<index>(stream.writers.size());
   report.missing = stream.expected_writers < 0 ? 0 : stream.expected_writers - listed;
   report.uniform = erasers.size() == 1;
   if (stream.expected_writers < 0) {
