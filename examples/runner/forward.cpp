@@ -170,12 +170,19 @@ void runner::check_batch(const char* function, index count) const {
                          "; call reset()");
 }
 
+void runner::residual(int layer, residual_point point, reparam::matrix<float>& x, index count) {
+  if (residual_hook_) {
+    residual_hook_(layer, point, output_rows(x, count));
+  }
+}
+
 reparam::const_matrix_map<float> runner::run_layers(index count, bool all_logits) {
   const model& m = *model_;
   const index head_size = config_.head_size();
   const index kv_dim = config_.kv_dim();
 
   for (int layer = 0; layer < config_.n_layers; ++layer) {
+    residual(layer, residual_point::block_input, x_, count);
     // Attention block.
     rms_norm(x_, m.rms_att().row(layer), m.rms_att_bias(), layer, count, xb_);
     const auto normed = input_rows(xb_, count);
@@ -206,6 +213,7 @@ reparam::const_matrix_map<float> runner::run_layers(index count, bool all_logits
     attention(layer, count);  // writes xb_
     apply_linear(layer, linear_kind::wo, input_rows(xb_, count), output_rows(xb2_, count));
     x_.topRows(count) += xb2_.topRows(count);
+    residual(layer, residual_point::after_attention, x_, count);
 
     // SwiGLU feed-forward block.
     rms_norm(x_, m.rms_ffn().row(layer), m.rms_ffn_bias(), layer, count, xb_);
@@ -218,7 +226,9 @@ reparam::const_matrix_map<float> runner::run_layers(index count, bool all_logits
     x_.topRows(count) += xb2_.topRows(count);
   }
 
+  residual(config_.n_layers, residual_point::final_input, x_, count);
   rms_norm(x_, m.rms_final().transpose(), count, xb_);
+  residual(config_.n_layers, residual_point::classifier_input, xb_, count);
   position_ += count;
   // The classifier is tied to the embedding: logits = x E^T.
   const index first = all_logits ? 0 : count - 1;

@@ -24,6 +24,16 @@ using capture_fn = std::function<void(linear_id id, const reparam::const_matrix_
 using probability_fn =
     std::function<void(int layer, int head, reparam::matrix_map<float> probabilities)>;
 
+/// Points of the residual stream a residual hook sees: the input of block `layer`, the stream
+/// after block `layer`'s attention write, the final norm's input (layer = n_layers) and the
+/// classifier's input, i.e. the final norm's output (layer = n_layers).
+enum class residual_point { block_input, after_attention, final_input, classifier_input };
+
+/// Receives the residual stream x [T, dim] at `point` (T = tokens in the call) and may rewrite it
+/// in place (e.g. project a direction out at run time). The view dies with the call.
+using residual_fn =
+    std::function<void(int layer, residual_point point, reparam::matrix_map<float> x)>;
+
 /// Forward state for one sequence: the KV cache and every work buffer, allocated once in the
 /// constructor. Not thread safe; use one runner per thread (they may share a const model).
 ///
@@ -71,12 +81,15 @@ class runner {
 
   /// Installs (or removes) the attention-probability hook; one branch per head block when unset.
   void set_probability_hook(probability_fn fn) { probability_hook_ = std::move(fn); }
+  /// Installs (or removes) the residual-stream hook; one branch per residual point when unset.
+  void set_residual_hook(residual_fn fn) { residual_hook_ = std::move(fn); }
 
  private:
   void apply_linear(int layer, linear_kind kind, const reparam::const_matrix_map<float>& x,
                     reparam::matrix_map<float> y) const;
   void attention(int layer, reparam::index count);
   void check_batch(const char* function, reparam::index count) const;
+  void residual(int layer, residual_point point, reparam::matrix<float>& x, reparam::index count);
   // The transformer over the inputs already in x_[0, count): layers, final norm, classifier.
   reparam::const_matrix_map<float> run_layers(reparam::index count, bool all_logits);
 
@@ -86,6 +99,7 @@ class runner {
   reparam::index position_ = 0;
   capture_fn capture_;
   probability_fn probability_hook_;
+  residual_fn residual_hook_;
 
   // RoPE rotation for (position, pair): rows = positions, cols = head_size / 2.
   reparam::matrix<float> rope_cos_, rope_sin_;

@@ -34,6 +34,7 @@
 #include <reparam/scale/scale.hpp>
 #include <reparam/shiftadd/shiftadd.hpp>
 #include <reparam/structural/structural.hpp>
+#include <reparam/unlearn/unlearn.hpp>
 #include <reparam/version.hpp>
 
 #endif  // REPARAM_REPARAM_HPP
