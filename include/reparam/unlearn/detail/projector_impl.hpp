@@ -191,24 +191,32 @@ inline orthogonal_eraser::orthogonal_eraser(subspace basis, double strength) {
   strength_ = strength;
 }
 
+namespace detail {
+
+/// The apply_rows of both erasers, for either element type: checks, then apply_factored_rows.
+template <class T>
+void checked_apply_rows(const char* function, matrix_ref<T>& x, row_range rows, index d,
+                        const double* r, const double* l, const double* offset, index k,
+                        double scale) {
+  reparam::detail::check(x.cols() == d, function, "x has ", x.cols(),
+                         " columns but the eraser has dim ", d);
+  reparam::detail::check_row_range(function, rows, x.rows());
+  apply_factored_rows(x.data() + rows.begin * x.outerStride(), x.outerStride(), rows.size(), d, r,
+                      l, offset, k, scale);
+}
+
+}  // namespace detail
+
 inline void orthogonal_eraser::apply_rows(matrix_ref<float> x, row_range rows) const {
-  constexpr const char* fn = "unlearn::orthogonal_eraser::apply_rows";
-  reparam::detail::check(x.cols() == dim(), fn, "x has ", x.cols(),
-                         " columns but the eraser has dim ", dim());
-  reparam::detail::check_row_range(fn, rows, x.rows());
   const double* q = basis_.directions.data();
-  detail::apply_factored_rows(x.data() + rows.begin * x.outerStride(), x.outerStride(), rows.size(),
-                              dim(), q, q, nullptr, rank(), strength_);
+  detail::checked_apply_rows("unlearn::orthogonal_eraser::apply_rows", x, rows, dim(), q, q,
+                             nullptr, rank(), strength_);
 }
 
 inline void orthogonal_eraser::apply_rows(matrix_ref<double> x, row_range rows) const {
-  constexpr const char* fn = "unlearn::orthogonal_eraser::apply_rows";
-  reparam::detail::check(x.cols() == dim(), fn, "x has ", x.cols(),
-                         " columns but the eraser has dim ", dim());
-  reparam::detail::check_row_range(fn, rows, x.rows());
   const double* q = basis_.directions.data();
-  detail::apply_factored_rows(x.data() + rows.begin * x.outerStride(), x.outerStride(), rows.size(),
-                              dim(), q, q, nullptr, rank(), strength_);
+  detail::checked_apply_rows("unlearn::orthogonal_eraser::apply_rows", x, rows, dim(), q, q,
+                             nullptr, rank(), strength_);
 }
 
 inline matrix<double> orthogonal_eraser::dense() const {
@@ -358,21 +366,13 @@ leace_eraser leace_eraser::fit(const Eigen::MatrixBase<Derived>& x,
 }
 
 inline void leace_eraser::apply_rows(matrix_ref<float> x, row_range rows) const {
-  constexpr const char* fn = "unlearn::leace_eraser::apply_rows";
-  reparam::detail::check(x.cols() == dim(), fn, "x has ", x.cols(),
-                         " columns but the eraser has dim ", dim());
-  reparam::detail::check_row_range(fn, rows, x.rows());
-  detail::apply_factored_rows(x.data() + rows.begin * x.outerStride(), x.outerStride(), rows.size(),
-                              dim(), r_.data(), l_.data(), r_mean_.data(), rank(), 1.0);
+  detail::checked_apply_rows("unlearn::leace_eraser::apply_rows", x, rows, dim(), r_.data(),
+                             l_.data(), r_mean_.data(), rank(), 1.0);
 }
 
 inline void leace_eraser::apply_rows(matrix_ref<double> x, row_range rows) const {
-  constexpr const char* fn = "unlearn::leace_eraser::apply_rows";
-  reparam::detail::check(x.cols() == dim(), fn, "x has ", x.cols(),
-                         " columns but the eraser has dim ", dim());
-  reparam::detail::check_row_range(fn, rows, x.rows());
-  detail::apply_factored_rows(x.data() + rows.begin * x.outerStride(), x.outerStride(), rows.size(),
-                              dim(), r_.data(), l_.data(), r_mean_.data(), rank(), 1.0);
+  detail::checked_apply_rows("unlearn::leace_eraser::apply_rows", x, rows, dim(), r_.data(),
+                             l_.data(), r_mean_.data(), rank(), 1.0);
 }
 
 inline matrix<double> leace_eraser::dense() const {
